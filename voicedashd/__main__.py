@@ -1,0 +1,87 @@
+"""Command line: run, check-config, hash-password."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+import trio
+
+from . import __version__
+from .config import ConfigError, load_config
+from .errors import ListenerError
+from .passwords import hash_password
+from .store import StoreError
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicedashd",
+        description="AI voice bot beside a PBX, with a live per-extension call dashboard.")
+    parser.add_argument("--version", action="version", version=f"voicedashd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, type=Path, metavar="PATH",
+                     help="the TOML configuration file")
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("path", type=Path, metavar="PATH")
+    commands.add_parser("hash-password",
+                        help="read a password (stdin or prompt) and print its argon2id hash")
+    return parser
+
+
+def _read_password() -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def _run(path: Path) -> int:
+    from .daemon import serve  # imported here so check-config stays quick
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    failures: list[Exception] = []
+    try:
+        trio.run(serve, config)
+    except* (ListenerError, StoreError) as group:
+        failures.extend(group.exceptions)
+    for exc in failures:
+        print(f"voicedashd: error: {exc}", file=sys.stderr)
+    return EXIT_STARTUP if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the voicedashd command."""
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "check-config":
+        try:
+            load_config(args.path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"{args.path}: ok")
+        return 0
+    try:
+        print(hash_password(_read_password()))
+    except ValueError as exc:
+        print(f"voicedashd: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Typed call events and their one wire form (JSON-ready dicts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+
+class Speaker(enum.StrEnum):
+    """Who said a transcript line."""
+
+    CALLER = "caller"
+    BOT = "bot"
+
+
+class EndReason(enum.StrEnum):
+    """Why a call ended."""
+
+    CALLER_HANGUP = "caller_hangup"
+    BOT_HANGUP = "bot_hangup"
+    CANCELLED = "cancelled"
+    ACK_TIMEOUT = "ack_timeout"
+    MEDIA_TIMEOUT = "media_timeout"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+
+def utc_now() -> datetime:
+    """Return the current time in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallEvent:
+    """Base of every event: which call, its per-call sequence number, and when (UTC)."""
+
+    name: ClassVar[str] = "call_event"
+    call_id: str
+    seq: int
+    ts: datetime
+
+    def data(self) -> dict[str, Any]:
+        """Return the event-specific fields as JSON-ready values."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("call_id", "seq", "ts"):
+                continue
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the event's wire form: the only place it is built."""
+        return {
+            "type": "event",
+            "event": self.name,
+            "call_id": self.call_id,
+            "seq": self.seq,
+            "ts": self.ts.isoformat(),
+            "data": self.data(),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallStarted(CallEvent):
+    """The dialog was confirmed by ACK: the call is live."""
+
+    name: ClassVar[str] = "call_started"
+    tenant: str
+    caller: str
+    caller_name: str | None
+    callee: str
+    callee_extension: str
+    is_ai_handled: bool
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallEnded(CallEvent):
+    """The call is over."""
+
+    name: ClassVar[str] = "call_ended"
+    reason: EndReason
+    duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SttTranscript(CallEvent):
+    """Words recognised from a speaker, interim or final."""
+
+    name: ClassVar[str] = "stt_transcript"
+    text: str
+    is_final: bool
+    speaker: Speaker = Speaker.CALLER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TtsStarted(CallEvent):
+    """The bot started saying a sentence."""
+
+    name: ClassVar[str] = "tts_started"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TtsCompleted(CallEvent):
+    """The bot finished saying what it started."""
+
+    name: ClassVar[str] = "tts_completed"

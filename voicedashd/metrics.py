@@ -1,0 +1,44 @@
+"""Prometheus metrics of one daemon, on its own registry (no process-global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+def _registry() -> CollectorRegistry:
+    return CollectorRegistry(auto_describe=True)
+
+
+@dataclass
+class Metrics:
+    """The daemon's metrics; every part records into the one instance it is given."""
+
+    registry: CollectorRegistry = field(default_factory=_registry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.active_calls = Gauge("voicedashd_active_calls", "Calls in progress", registry=r)
+        self.sip_requests = Counter(
+            "voicedashd_sip_requests", "SIP requests received, by method and response code",
+            ["method", "code"], registry=r)
+        self.sip_malformed = Counter(
+            "voicedashd_sip_malformed", "SIP datagrams or stream messages that did not parse",
+            registry=r)
+        self.hub_connections = Gauge(
+            "voicedashd_hub_connections", "Open WebSocket hub connections", registry=r)
+        self.events_published = Counter(
+            "voicedashd_events_published", "Call events published, by event name",
+            ["event"], registry=r)
+        self.store_write_seconds = Histogram(
+            "voicedashd_store_write_seconds", "Latency of one batched store write",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r)
+        self.reloads = Counter(
+            "voicedashd_config_reloads", "Configuration reloads, by outcome", ["outcome"],
+            registry=r)
+
+    def render(self) -> bytes:
+        """Return the Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,194 @@
+"""SQLite persistence (WAL): schema migrations, a lossless batched event writer, queries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from .events import CallEnded, CallEvent, CallStarted
+from .metrics import Metrics
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# Each entry moves the schema one version forward; never edit a released entry, append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        caller_name TEXT,
+        callee TEXT NOT NULL,
+        callee_extension TEXT NOT NULL,
+        is_ai_handled INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        end_reason TEXT,
+        duration REAL
+    );
+    CREATE INDEX calls_by_callee ON calls (tenant, callee_extension, started_at);
+    CREATE TABLE events (
+        call_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (call_id, seq)
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    _migrate(conn)
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {current} is newer than this voicedashd knows "
+            f"({len(MIGRATIONS)}); upgrade voicedashd"
+        )
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {version}; COMMIT;")
+        log.info("store_migrated", version=version)
+
+
+class Store:
+    """One SQLite connection used from worker threads, one statement batch at a time."""
+
+    def __init__(self, conn: sqlite3.Connection, metrics: Metrics) -> None:
+        self._conn = conn
+        self._lock = trio.Lock()
+        self._metrics = metrics
+        self._pending: list[CallEvent] = []
+        self._wakeup = trio.Event()
+        self._flushed = trio.Condition()
+        self._written = 0
+        self._submitted = 0
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn(connection) in a worker thread, serialised with every other use."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, self._conn)
+
+    async def check(self) -> bool:
+        """Return whether the database answers a trivial query."""
+        try:
+            with trio.move_on_after(2):
+                await self.run(lambda c: c.execute("SELECT 1").fetchone())
+                return True
+        except sqlite3.Error:
+            return False
+        return False
+
+    # -- the lossless writer -------------------------------------------------------------
+
+    def submit(self, event: CallEvent) -> None:
+        """Queue an event for persistence; never blocks, never drops."""
+        self._pending.append(event)
+        self._submitted += 1
+        self._wakeup.set()
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Write queued events in batches until cancelled, then write what is left."""
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                await self._write_pending()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._write_pending()
+
+    async def flush(self) -> None:
+        """Wait until every event submitted so far is written."""
+        target = self._submitted
+        async with self._flushed:
+            while self._written < target:
+                await self._flushed.wait()
+
+    async def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        started = time.perf_counter()
+        await self.run(lambda conn: _write_events(conn, batch))
+        self._metrics.store_write_seconds.observe(time.perf_counter() - started)
+        async with self._flushed:
+            self._written += len(batch)
+            self._flushed.notify_all()
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def call_rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Run a read query and return its rows as dicts."""
+        rows = await self.run(lambda c: c.execute(sql, params).fetchall())
+        return [dict(r) for r in rows]
+
+    async def mark_unfinished_calls(self, reason: str) -> int:
+        """Close calls left open by a previous process that did not stop cleanly."""
+        def _close(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE calls SET end_reason = ?, ended_at = started_at, duration = 0 "
+                "WHERE ended_at IS NULL", (reason,))
+            return cur.rowcount
+        return await self.run(_close)
+
+
+def _write_events(conn: sqlite3.Connection, batch: list[CallEvent]) -> None:
+    with conn:
+        conn.execute("BEGIN")
+        for event in batch:
+            if isinstance(event, CallStarted):
+                conn.execute(
+                    "INSERT OR IGNORE INTO calls (call_id, tenant, caller, caller_name, callee,"
+                    " callee_extension, is_ai_handled, started_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (event.call_id, event.tenant, event.caller, event.caller_name, event.callee,
+                     event.callee_extension, int(event.is_ai_handled),
+                     event.started_at.isoformat()))
+            elif isinstance(event, CallEnded):
+                conn.execute(
+                    "UPDATE calls SET ended_at = ?, end_reason = ?, duration = ? WHERE call_id = ?",
+                    (event.ts.isoformat(), event.reason.value, event.duration, event.call_id))
+            conn.execute(
+                "INSERT OR IGNORE INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
+                (event.call_id, event.seq, event.name, event.ts.isoformat(),
+                 json.dumps(event.data())))
+
+
+@asynccontextmanager
+async def open_store(path: Path, metrics: Metrics) -> AsyncIterator[Store]:
+    """Open (creating and migrating) the database; close it on exit."""
+    try:
+        conn = await trio.to_thread.run_sync(_connect, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"store.path: cannot open {path}: {exc}") from None
+    try:
+        yield Store(conn, metrics)
+    finally:
+        conn.close()
