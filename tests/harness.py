@@ -67,7 +67,7 @@ class User:
 
 
 @dataclass
-class TestConfig:
+class DaemonConfig:
     """Where a test daemon listens and the files it uses."""
 
     dir: Path
@@ -141,9 +141,9 @@ def _hash(password: str) -> str:
 
 
 def make_config(directory: Path, users: list[User] | None = None,
-                tenants: dict[str, list[str]] | None = None) -> TestConfig:
+                tenants: dict[str, list[str]] | None = None) -> DaemonConfig:
     """Return a test config on free ports (not yet written)."""
-    return TestConfig(
+    return DaemonConfig(
         dir=directory,
         sip_port=free_port(),
         api_port=free_port(),

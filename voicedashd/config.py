@@ -109,6 +109,7 @@ class SipConfig(_Section):
     )
     public_address: str | None = None
     user_agent: str = "voicedashd"
+    answer_delay: Duration = 0.0
 
     @field_validator("trusted", mode="before")
     @classmethod

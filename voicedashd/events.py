@@ -33,6 +33,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """Who a call is for: the data every authorization decision is made from."""
+
+    call_id: str
+    tenant: str
+    caller: str
+    caller_name: str | None
+    callee: str
+    callee_extension: str
+    is_ai_handled: bool
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallEvent:
     """Base of every event: which call, its per-call sequence number, and when (UTC)."""

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from .events import CallEnded, CallEvent, CallStarted
+from .events import CallEnded, CallEvent, CallInfo, CallStarted
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -31,6 +31,7 @@ MIGRATIONS: tuple[str, ...] = (
         callee_extension TEXT NOT NULL,
         is_ai_handled INTEGER NOT NULL,
         started_at TEXT NOT NULL,
+        answered_at TEXT,
         ended_at TEXT,
         end_reason TEXT,
         duration REAL
@@ -44,6 +45,21 @@ MIGRATIONS: tuple[str, ...] = (
         data TEXT NOT NULL,
         PRIMARY KEY (call_id, seq)
     ) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE refresh_tokens (
+        token_hash TEXT PRIMARY KEY,
+        family TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        rotated_at REAL,
+        revoked_at REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
+    CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);
     """,
 )
 
@@ -83,7 +99,7 @@ class Store:
         self._conn = conn
         self._lock = trio.Lock()
         self._metrics = metrics
-        self._pending: list[CallEvent] = []
+        self._pending: list[CallInfo | CallEvent] = []
         self._wakeup = trio.Event()
         self._flushed = trio.Condition()
         self._written = 0
@@ -105,6 +121,12 @@ class Store:
         return False
 
     # -- the lossless writer -------------------------------------------------------------
+
+    def submit_call(self, info: CallInfo) -> None:
+        """Queue a new call's row; written before any of its events."""
+        self._pending.append(info)
+        self._submitted += 1
+        self._wakeup.set()
 
     def submit(self, event: CallEvent) -> None:
         """Queue an event for persistence; never blocks, never drops."""
@@ -160,17 +182,21 @@ class Store:
         return await self.run(_close)
 
 
-def _write_events(conn: sqlite3.Connection, batch: list[CallEvent]) -> None:
+def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -> None:
     with conn:
         conn.execute("BEGIN")
         for event in batch:
-            if isinstance(event, CallStarted):
+            if isinstance(event, CallInfo):
                 conn.execute(
                     "INSERT OR IGNORE INTO calls (call_id, tenant, caller, caller_name, callee,"
                     " callee_extension, is_ai_handled, started_at) VALUES (?,?,?,?,?,?,?,?)",
                     (event.call_id, event.tenant, event.caller, event.caller_name, event.callee,
                      event.callee_extension, int(event.is_ai_handled),
-                     event.started_at.isoformat()))
+                     event.created_at.isoformat()))
+                continue
+            if isinstance(event, CallStarted):
+                conn.execute("UPDATE calls SET answered_at = ? WHERE call_id = ?",
+                             (event.started_at.isoformat(), event.call_id))
             elif isinstance(event, CallEnded):
                 conn.execute(
                     "UPDATE calls SET ended_at = ?, end_reason = ?, duration = ? WHERE call_id = ?",

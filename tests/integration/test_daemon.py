@@ -1,0 +1,137 @@
+"""The real daemon as a subprocess: readiness, health, metrics, reload, graceful stop."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import User, make_config, run_daemon
+
+
+async def test_ready_health_and_metrics(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon, httpx.AsyncClient(
+            base_url=config.api_url) as http:
+        assert "READY=1" in daemon.notifications[0]
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"sip": "pass", "api": "pass", "hub": "pass",
+                                          "store": "pass"}
+        metrics = await http.get("/metrics")
+        assert metrics.status_code == 200
+        names = {f.name for f in text_string_to_metric_families(metrics.text)}
+        assert {"voicedashd_active_calls", "voicedashd_sip_requests",
+                "voicedashd_hub_connections", "voicedashd_events_published",
+                "voicedashd_store_write_seconds"} <= names
+    # Every listener was really bound while ready: SIP on UDP and TCP, the hub on TCP.
+    assert (tmp_path / "store.sqlite3").exists()
+
+
+async def test_listeners_are_really_bound(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path):
+        for port in (config.sip_port, config.api_port, config.hub_port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # Binding the SIP UDP port must fail: the daemon holds it.
+            try:
+                udp.bind(("127.0.0.1", config.sip_port))
+            except OSError:
+                pass
+            else:
+                raise AssertionError("SIP UDP port is not bound by the daemon")
+        finally:
+            udp.close()
+
+
+@pytest.mark.parametrize("setting", ["sip.listen", "api.listen", "hub.listen"])
+async def test_port_in_use_is_fatal_with_the_setting_named(tmp_path: Path, setting: str) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    port = {"sip.listen": config.sip_port, "api.listen": config.api_port,
+            "hub.listen": config.hub_port}[setting]
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    try:
+        async with run_daemon(config.path, wait_ready=False) as daemon:
+            with trio.fail_after(30):
+                await daemon.process.wait()
+            assert daemon.process.returncode == 1
+            line = await daemon.wait_for_log_text("voicedashd: error:")
+            assert line == (f"voicedashd: error: {setting}: cannot listen on 127.0.0.1:{port}: "
+                            "Address already in use"), daemon.dump()
+            assert not any("READY=1" in n for n in daemon.notifications)
+    finally:
+        blocker.close()
+
+
+async def test_sighup_with_broken_file_keeps_old_config(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon, httpx.AsyncClient(
+            base_url=config.api_url) as http:
+        good_text = config.path.read_text()
+        config.path.write_text(good_text.replace('listen = "127.0.0.1:', 'listn = "127.0.0.1:', 1))
+        mark = len(daemon.notifications)
+        daemon.send_signal(signal.SIGHUP)
+        failure = await daemon.wait_for_log("config_reload_failed")
+        assert "sip.listn: unknown key" in failure["error"]
+        await daemon.wait_for_notification("RELOADING=1", start=mark)
+        await daemon.wait_for_notification("READY=1", start=mark + 1)
+        assert (await http.get("/readyz")).status_code == 200
+        assert daemon.process.returncode is None
+
+
+async def test_sighup_applies_a_new_user(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon:
+        config.users.append(User("1002"))
+        config.write()
+        mark = len(daemon.notifications)
+        daemon.send_signal(signal.SIGHUP)
+        reloaded = await daemon.wait_for_log("config_reloaded")
+        assert reloaded["users"] == 2
+        reloading = await daemon.wait_for_notification("RELOADING=1", start=mark)
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading.split("\n"))
+        await daemon.wait_for_notification("READY=1", start=mark + 1)
+
+
+async def test_sighup_reports_settings_that_need_a_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon, httpx.AsyncClient(
+            base_url=config.api_url) as http:
+        old_port = config.api_port
+        config.api_port = old_port + 1
+        config.write()
+        daemon.send_signal(signal.SIGHUP)
+        warning = await daemon.wait_for_log("config_reload_needs_restart")
+        assert "api.listen" in warning["keys"]
+        assert (await http.get(f"http://127.0.0.1:{old_port}/healthz")).status_code == 200
+
+
+async def test_sigterm_stops_cleanly_within_grace(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.shutdown_grace = "3s"
+    config.write()
+    async with run_daemon(config.path) as daemon:
+        mark = len(daemon.notifications)
+        daemon.send_signal(signal.SIGTERM)
+        with trio.fail_after(3 + 5):
+            await daemon.process.wait()
+        assert daemon.process.returncode == 0, daemon.dump()
+        await daemon.wait_for_notification("STOPPING=1", start=mark)
+        await daemon.wait_for_log("daemon_stopped")

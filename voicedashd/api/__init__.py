@@ -1,0 +1,1 @@
+"""The Quart-Trio HTTP API: REST, dashboard page, health and metrics."""

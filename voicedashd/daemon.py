@@ -1,0 +1,120 @@
+"""The daemon's one nursery: store, SIP, API, hub, signals, systemd notifications."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Mapping
+
+import structlog
+import trio
+
+from .api.app import serve_api
+from .api.deps import ApiDeps
+from .auth import Authenticator
+from .bus import EventBus
+from .config import Config, ConfigError, load_config, restart_needed
+from .hub.server import serve_hub
+from .livecfg import LiveConfig
+from .logs import configure_logging
+from .metrics import Metrics
+from .readiness import Readiness
+from .sdnotify import Notifier, run_watchdog, watchdog_interval
+from .sip.serve import serve_sip
+from .store import open_store
+
+log = structlog.get_logger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: Notifier,
+                        metrics: Metrics) -> bool:
+    """Re-read the config file; apply what can change live, keep the old config on error."""
+    await notifier.reloading()
+    try:
+        new = await trio.to_thread.run_sync(load_config, live.current.path, environ)
+    except ConfigError as exc:
+        metrics.reloads.labels("error").inc()
+        log.error("config_reload_failed", error="; ".join(exc.problems),
+                  path=str(live.current.path))
+        return False
+    finally:
+        await notifier.ready()
+    old = live.current
+    needs_restart = restart_needed(old, new)
+    # Listeners, the store and the signing key stay as bound at start until a restart.
+    applied = dataclasses.replace(
+        new,
+        sip=new.sip.model_copy(update={"listen": old.sip.listen}),
+        media=old.media,
+        api=new.api.model_copy(update={"listen": old.api.listen, "tls_cert": old.api.tls_cert,
+                                       "tls_key": old.api.tls_key}),
+        hub=new.hub.model_copy(update={"listen": old.hub.listen}),
+        store=old.store,
+        jwt_secret=old.jwt_secret,
+    )
+    live.replace(applied)
+    configure_logging(applied.log)
+    metrics.reloads.labels("ok").inc()
+    log.info("config_reloaded", users=len(applied.users), tenants=len(applied.tenants),
+             generation=live.generation)
+    if needs_restart:
+        log.warning("config_reload_needs_restart", keys=needs_restart)
+    return True
+
+
+async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until SIGTERM/SIGINT, then stop gracefully within the grace period."""
+    environ = os.environ if environ is None else environ
+    configure_logging(config.log)
+    live = LiveConfig(config)
+    metrics = Metrics()
+    readiness = Readiness()
+    notifier = Notifier.from_environ(environ)
+    with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+        async with notifier, open_store(config.store.path, metrics) as store:
+            readiness.probes["store"] = store.check
+            readiness.mark_up("store")
+            http_shutdown = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run_writer)
+                bus = EventBus(store, metrics)
+                calls = await nursery.start(serve_sip, live, bus, metrics)
+                readiness.mark_up("sip")
+                authenticator = Authenticator(live, store)
+                api_deps = ApiDeps(live=live, store=store, metrics=metrics, readiness=readiness,
+                                   auth=authenticator, bus=bus, calls=calls)
+                await nursery.start(serve_api, api_deps, http_shutdown)
+                readiness.mark_up("api")
+                await nursery.start(serve_hub, config.hub)
+                readiness.mark_up("hub")
+
+                await notifier.ready()
+                log.info("daemon_ready", sip=str(config.sip.listen), api=str(config.api.listen),
+                         hub=str(config.hub.listen), pid=os.getpid())
+                interval = watchdog_interval(environ)
+                if interval is not None:
+                    nursery.start_soon(run_watchdog, notifier, interval)
+                task_status.started()
+
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await reload_config(live, environ, notifier, metrics)
+                        continue
+                    log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                    break
+                await notifier.stopping()
+                readiness.bound.clear()
+                with trio.move_on_after(live.current.daemon.shutdown_grace) as grace:
+                    await calls.stop()
+                    http_shutdown.set()
+                    await store.flush()
+                if grace.cancelled_caught:
+                    log.warning("daemon_stop_grace_expired",
+                                grace=live.current.daemon.shutdown_grace)
+                nursery.cancel_scope.cancel()
+    log.info("daemon_stopped")
+

@@ -1,0 +1,1 @@
+"""RTP media: port allocation, sessions, codecs."""

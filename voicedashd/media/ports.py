@@ -1,0 +1,68 @@
+"""RTP/RTCP port pairs from [media] rtp_ports: bound sockets, released on every call end path."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+
+class PortsExhausted(Exception):
+    """Every RTP port of the range is in use or unavailable."""
+
+
+@dataclass
+class RtpSockets:
+    """A bound RTP socket on an even port and its RTCP socket on the next port."""
+
+    rtp: trio.socket.SocketType
+    rtcp: trio.socket.SocketType
+    address: str
+    port: int
+
+    def close(self) -> None:
+        """Close both sockets."""
+        self.rtp.close()
+        self.rtcp.close()
+
+
+class RtpPortPool:
+    """Hands out even RTP ports round-robin so a just-freed port is reused last."""
+
+    def __init__(self, address: str, low: int, high: int) -> None:
+        self.address = address
+        first = low + (low % 2)
+        self._free: deque[int] = deque(range(first, high, 2))
+        self._in_use: set[int] = set()
+
+    @property
+    def in_use(self) -> int:
+        """How many pairs are allocated."""
+        return len(self._in_use)
+
+    async def allocate(self) -> RtpSockets:
+        """Bind the next free pair; ports another process holds are skipped."""
+        family = trio.socket.AF_INET6 if ":" in self.address else trio.socket.AF_INET
+        for _ in range(len(self._free)):
+            port = self._free.popleft()
+            rtp = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+            rtcp = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+            try:
+                await rtp.bind((self.address, port))
+                await rtcp.bind((self.address, port + 1))
+            except OSError:
+                rtp.close()
+                rtcp.close()
+                self._free.append(port)
+                continue
+            self._in_use.add(port)
+            return RtpSockets(rtp, rtcp, self.address, port)
+        raise PortsExhausted(f"no free RTP port pair in media.rtp_ports for {self.address}")
+
+    def release(self, sockets: RtpSockets) -> None:
+        """Close a pair and return its port to the pool."""
+        sockets.close()
+        if sockets.port in self._in_use:
+            self._in_use.remove(sockets.port)
+            self._free.append(sockets.port)

@@ -1,0 +1,279 @@
+"""The SIP endpoint: parses what the transport delivers, matches transactions, runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+import trio
+
+from ..metrics import Metrics
+from .fields import InvalidHeader, format_via, parse_via, split_header_values
+from .message import Request, Response
+from .parser import SipParseError, make_response, parse_message, serialize
+from .transaction import (
+    Action,
+    InvalidTransactionHeaders,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    TransactionKey,
+    client_key,
+    invite_ack_key,
+    server_key,
+)
+from .transaction_runner import (
+    Responder,
+    ServerInput,
+    run_client_transaction,
+    run_server_transaction,
+)
+from .transport import Peer, Transport
+from .validate import KNOWN_METHODS, check_request
+
+log = structlog.get_logger(__name__)
+
+INBOX_SIZE = 16
+_CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
+BRANCH_COOKIE = "z9hG4bK"
+
+
+class Core(Protocol):
+    """The transaction user: what the endpoint hands requests and transaction outcomes to."""
+
+    async def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+        """Answer a new request (INVITE, BYE, CANCEL, OPTIONS) through tx."""
+
+    def handle_ack(self, ack: Request, peer: Peer) -> None:
+        """Take an ACK for a 2xx (it has no server transaction of its own)."""
+
+    async def transaction_action(self, request: Request, action: Action) -> None:
+        """Take an INVITE transaction's outcome (the ACK passed up, a timeout)."""
+
+
+@dataclass
+class ServerTx:
+    """The TU's handle on one server transaction: respond, and count final responses."""
+
+    request: Request
+    key: TransactionKey
+    responder: Responder
+    metrics: Metrics
+    final_status: int | None = None
+
+    async def respond(self, response: Response) -> None:
+        """Send a response through the transaction."""
+        if response.status >= 200 and self.final_status is None:
+            self.final_status = response.status
+            self.metrics.sip_requests.labels(method_label(self.request.method),
+                                             str(response.status)).inc()
+        await self.responder.respond(response)
+
+
+@dataclass
+class _ServerEntry:
+    inbox: trio.MemorySendChannel[ServerInput]
+    peer: Peer
+
+
+@dataclass
+class SipEndpoint:
+    """Turns datagrams and stream messages into transactions for the core."""
+
+    transport: Transport
+    core: Core
+    nursery: trio.Nursery
+    metrics: Metrics
+    via_host: str
+    _server: dict[TransactionKey, _ServerEntry] = field(default_factory=dict)
+    _invites_by_ack: dict[TransactionKey, TransactionKey] = field(default_factory=dict)
+    _client: dict[TransactionKey, trio.MemorySendChannel[Response]] = field(default_factory=dict)
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def handle(self, data: bytes, peer: Peer) -> None:
+        """Take one message from the transport (never raises)."""
+        try:
+            message = parse_message(data, datagram=not peer.reliable)
+        except SipParseError as exc:
+            self.metrics.sip_malformed.inc()
+            log.info("sip_malformed", peer=f"{peer.host}:{peer.port}", reason=exc.reason,
+                     status=exc.status)
+            if exc.request is not None and exc.request.method != "ACK":
+                self._reply_statelessly(exc.request, peer, exc.status, exc.reason)
+            return
+        if isinstance(message, Response):
+            self._handle_response(message)
+        else:
+            self._handle_request(message, peer)
+
+    def _reply_statelessly(self, request: Request, peer: Peer, status: int, reason: str) -> None:
+        self.metrics.sip_requests.labels(method_label(request.method), str(status)).inc()
+        try:
+            self._stamp_via(request, peer)
+            response = make_response(request, status, reason, to_tag=_new_tag())
+        except (InvalidHeader, ValueError):
+            return  # without a usable Via there is nowhere to answer
+        self.nursery.start_soon(self._send_response, response, peer)
+
+    def _handle_request(self, request: Request, peer: Peer) -> None:
+        try:
+            self._stamp_via(request, peer)
+            key = server_key(request)
+        except (InvalidHeader, InvalidTransactionHeaders) as exc:
+            self._reply_statelessly(request, peer, 400, f"Bad Request - {exc}")
+            return
+        entry = self._server.get(key)
+        if entry is None and request.method == "ACK":
+            invite_key = self._invites_by_ack.get(invite_ack_key(request))
+            entry = self._server.get(invite_key) if invite_key else None
+            if entry is None:
+                self.core.handle_ack(request, peer)
+                return
+        if entry is not None:
+            # A retransmission we cannot take now is dropped: the peer sends it again.
+            with contextlib.suppress(*_CHANNEL_GONE):
+                entry.inbox.send_nowait(request)
+            return
+        self._start_server_transaction(request, peer, key)
+
+    def _start_server_transaction(self, request: Request, peer: Peer,
+                                  key: TransactionKey) -> None:
+        now = trio.current_time()
+        tx: InviteServerTransaction | NonInviteServerTransaction
+        if request.method == "INVITE":
+            tx = InviteServerTransaction(request, now, reliable=peer.reliable)
+        else:
+            tx = NonInviteServerTransaction(request, now, reliable=peer.reliable)
+        send, receive = trio.open_memory_channel[ServerInput](INBOX_SIZE)
+        self._server[key] = _ServerEntry(send, peer)
+        if request.method == "INVITE":
+            self._invites_by_ack[invite_ack_key(request)] = key
+        handle = ServerTx(request, key, Responder(send.clone()), self.metrics)
+        self.nursery.start_soon(self._run_server_transaction, tx, key, receive, peer)
+        problem = check_request(request)
+        if problem is not None:
+            self.nursery.start_soon(handle.respond, problem)
+        else:
+            self.nursery.start_soon(self._handle_request_safely, request, peer, handle)
+
+    async def _handle_request_safely(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+        """Let the core answer one request; a bug there fails this request only (500)."""
+        try:
+            await self.core.handle_request(request, peer, tx)
+        except Exception:
+            log.exception("sip_request_failed", method=request.method,
+                          call_id=request.headers.get("Call-ID"))
+            if tx.final_status is None:
+                await tx.respond(make_response(request, 500, "Server Internal Error",
+                                               to_tag=_new_tag()))
+
+    async def _run_server_transaction(self, tx: InviteServerTransaction |
+                                      NonInviteServerTransaction, key: TransactionKey,
+                                      receive: trio.MemoryReceiveChannel[ServerInput],
+                                      peer: Peer) -> None:
+        async def send(message: Request | Response) -> None:
+            if isinstance(message, Response):
+                await self._send_response(message, peer)
+
+        async def on_action(action: Action) -> None:
+            try:
+                await self.core.transaction_action(tx.request, action)
+            except Exception:
+                log.exception("sip_transaction_action_failed", method=tx.request.method,
+                              call_id=tx.request.headers.get("Call-ID"))
+
+        try:
+            await run_server_transaction(tx, receive, send, on_action)
+        finally:
+            self._server.pop(key, None)
+            if tx.request.method == "INVITE":
+                self._invites_by_ack.pop(invite_ack_key(tx.request), None)
+
+    def _handle_response(self, response: Response) -> None:
+        try:
+            key = client_key(response)
+        except (InvalidHeader, InvalidTransactionHeaders):
+            return
+        inbox = self._client.get(key)
+        if inbox is not None:
+            with contextlib.suppress(*_CHANNEL_GONE):
+                inbox.send_nowait(response)
+
+    # -- outbound ------------------------------------------------------------------------
+
+    def _stamp_via(self, request: Request, peer: Peer) -> None:
+        """Add received/rport to the top Via (RFC 3261 §18.2.1, RFC 3581)."""
+        lines = request.headers.get_all("Via")
+        if not lines:
+            raise InvalidHeader("no Via header")
+        values = split_header_values(lines[0])
+        via = parse_via(values[0])
+        if via.host != peer.host:
+            via.params["received"] = peer.host
+        if via.rport_requested:
+            via.params["received"] = peer.host
+            via.params["rport"] = str(peer.port)
+        values[0] = format_via(via)
+        first = ", ".join(values)
+        rest = lines[1:]
+        request.headers.remove("Via")
+        items = request.headers.items
+        items.insert(0, ("Via", first))
+        for offset, line in enumerate(rest, start=1):
+            items.insert(offset, ("Via", line))
+
+    async def _send_response(self, response: Response, peer: Peer) -> None:
+        await self.transport.send(serialize(response), _response_destination(response, peer))
+
+    def new_via(self, transport: str) -> str:
+        """Return a Via value for a request we originate, with a fresh branch."""
+        host = self.via_host
+        port = self.transport.local.port
+        return (f"SIP/2.0/{transport} {host}:{port};branch={BRANCH_COOKIE}"
+                f"{secrets.token_hex(8)};rport")
+
+    async def send_request(self, request: Request, destination: Peer) -> Response | None:
+        """Send a non-INVITE request as a client transaction; its final response, or None."""
+        key = client_key(request)
+        send, receive = trio.open_memory_channel[Response](INBOX_SIZE)
+        self._client[key] = send
+        tx = NonInviteClientTransaction(request, reliable=destination.reliable)
+
+        async def transmit(message: Request | Response) -> None:
+            await self.transport.send(serialize(message), destination)
+
+        async def run(task_status: trio.TaskStatus[Response | None]) -> None:
+            try:
+                await run_client_transaction(tx, receive, transmit, task_status=task_status)
+            finally:
+                self._client.pop(key, None)
+
+        return await self.nursery.start(run)
+
+
+def _response_destination(response: Response, peer: Peer) -> Peer:
+    """Where a response goes: the connection it came on, or the Via's received/rport."""
+    if peer.reliable:
+        return peer
+    values = response.headers.get_all("Via")
+    try:
+        via = parse_via(split_header_values(values[0])[0])
+    except (InvalidHeader, IndexError):
+        return peer
+    host = via.received or via.host
+    port = via.rport or (peer.port if via.rport_requested else via.port or 5060)
+    return Peer(peer.transport, host, port)
+
+
+def method_label(method: str) -> str:
+    """A metrics label for a method: known methods by name, anything else as "other"."""
+    return method if method in KNOWN_METHODS else "other"
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)
+
