@@ -175,9 +175,12 @@ class SipEndpoint:
                                       NonInviteServerTransaction, key: TransactionKey,
                                       receive: trio.MemoryReceiveChannel[ServerInput],
                                       peer: Peer) -> None:
+        # Every response of a transaction goes to the same place: work it out once.
+        destination = _response_destination(tx.request, peer)
+
         async def send(message: Request | Response) -> None:
             if isinstance(message, Response):
-                await self._send_response(message, peer)
+                await self.transport.send(serialize(message), destination)
 
         async def on_action(action: Action) -> None:
             try:
@@ -255,11 +258,11 @@ class SipEndpoint:
         return await self.nursery.start(run)
 
 
-def _response_destination(response: Response, peer: Peer) -> Peer:
-    """Where a response goes: the connection it came on, or the Via's received/rport."""
+def _response_destination(message: Request | Response, peer: Peer) -> Peer:
+    """Where a response goes: the connection it came on, or the top Via's received/rport."""
     if peer.reliable:
         return peer
-    values = response.headers.get_all("Via")
+    values = message.headers.get_all("Via")
     try:
         via = parse_via(split_header_values(values[0])[0])
     except (InvalidHeader, IndexError):

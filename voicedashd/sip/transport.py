@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,6 +18,7 @@ from .parser import SipParseError, StreamFramer
 log = structlog.get_logger(__name__)
 
 MAX_DATAGRAM = 65535
+UDP_BATCH = 64
 TCP_IDLE_TIMEOUT = 600.0
 
 
@@ -50,9 +52,10 @@ def _ignore(data: bytes, peer: Peer) -> None:
 class Transport:
     """Sends bytes to a peer: our UDP socket, or the peer's TCP connection (opened if needed)."""
 
-    def __init__(self, udp: trio.socket.SocketType, tcp: list[trio.SocketListener],
+    def __init__(self, udp: socket.socket, tcp: list[trio.SocketListener],
                  local: HostPort) -> None:
-        self._udp = udp
+        self._raw_udp = udp
+        self._udp = trio.socket.from_stdlib_socket(udp)
         self._tcp_listeners = tcp
         self.local = local
         self._nursery: trio.Nursery | None = None
@@ -76,7 +79,7 @@ class Transport:
         """Send one serialized message; errors are logged, never raised (SIP retransmits)."""
         try:
             if peer.transport == "UDP":
-                await self._udp.sendto(data, (peer.host, peer.port))
+                await self._send_datagram(data, (peer.host, peer.port))
                 return
             conn = self._connections.get(peer)
             if conn is None:
@@ -86,6 +89,18 @@ class Transport:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("sip_send_failed", peer=f"{peer.host}:{peer.port}",
                         transport=peer.transport, error=str(exc))
+
+    async def _send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send on the UDP socket; addresses are numeric, so skip trio's per-call resolver."""
+        raw = self._raw_udp
+        while True:
+            try:
+                raw.sendto(data, address)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(raw)
+            else:
+                await trio.lowlevel.checkpoint()
+                return
 
     async def _connect(self, peer: Peer) -> _Connection:
         if self._nursery is None:
@@ -97,14 +112,20 @@ class Transport:
         return conn
 
     async def _serve_udp(self) -> None:
-        """Receive datagrams until cancelled."""
+        """Receive datagrams until cancelled, draining what is queued once the socket wakes."""
+        raw = self._raw_udp
         while True:
-            try:
-                data, address = await self._udp.recvfrom(MAX_DATAGRAM)
-            except ConnectionResetError:
-                continue  # ICMP port unreachable from an earlier send; not our listener's fault
-            if data.strip(b"\r\n"):
-                self._handler(data, Peer("UDP", address[0], address[1]))
+            await trio.lowlevel.wait_readable(raw)
+            for _ in range(UDP_BATCH):
+                try:
+                    data, address = raw.recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except ConnectionResetError:
+                    continue  # ICMP port unreachable from an earlier send; not our listener's
+                if data.strip(b"\r\n"):
+                    self._handler(data, Peer("UDP", address[0], address[1]))
+            await trio.lowlevel.checkpoint()
 
     async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
         """Read framed messages from one accepted TCP connection until it closes."""
@@ -143,10 +164,11 @@ def _bind_error(listen: HostPort, exc: OSError) -> ListenerError:
 
 async def open_transport(listen: HostPort) -> Transport:
     """Bind the SIP UDP socket and TCP listeners on listen; ListenerError names the setting."""
-    family = trio.socket.AF_INET6 if ":" in listen.host else trio.socket.AF_INET
-    udp = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    udp.setblocking(False)
     try:
-        await udp.bind((listen.host, listen.port))
+        udp.bind((listen.host, listen.port))
         listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
     except OSError as exc:
         udp.close()
