@@ -135,3 +135,14 @@ async def test_sigterm_stops_cleanly_within_grace(tmp_path: Path) -> None:
         assert daemon.process.returncode == 0, daemon.dump()
         await daemon.wait_for_notification("STOPPING=1", start=mark)
         await daemon.wait_for_log("daemon_stopped")
+
+
+async def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path, env={"WATCHDOG_USEC": "400000"}) as daemon:
+        first = await daemon.wait_for_notification("WATCHDOG=1")
+        start = daemon.notifications.index(first)
+        await daemon.wait_for_notification("WATCHDOG=1", start=start + 1)
+        pings = [n for n in daemon.notifications if n == "WATCHDOG=1"]
+        assert len(pings) >= 2
