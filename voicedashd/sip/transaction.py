@@ -122,7 +122,33 @@ def _earliest(*deadlines: float | None) -> float | None:
 # --- server transactions -------------------------------------------------------------------
 
 
-class InviteServerTransaction:
+class _Machine:
+    """What every transaction shares: its state and up to three running timers."""
+
+    _state: State
+    _retransmit: _Backoff | None = None
+    _give_up_at: float | None = None
+    _end_at: float | None = None
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return self._state
+
+    @property
+    def terminated(self) -> bool:
+        """Whether the transaction has ended."""
+        return self._state is State.TERMINATED
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When `timer_fired` should next be called, or None if no timer is running."""
+        return _earliest(
+            self._retransmit.at if self._retransmit else None, self._give_up_at, self._end_at
+        )
+
+
+class InviteServerTransaction(_Machine):
     """RFC 3261 §17.2.1 state machine (with RFC 6026's Accepted state); no sockets, no sleeping.
 
     In Accepted it also does the UAS core's job of §13.3.1.4: it retransmits the 2xx (timer G
@@ -151,26 +177,9 @@ class InviteServerTransaction:
         self._acked = False
 
     @property
-    def state(self) -> State:
-        """The current state."""
-        return self._state
-
-    @property
-    def terminated(self) -> bool:
-        """Whether the transaction has ended."""
-        return self._state is State.TERMINATED
-
-    @property
     def last_response(self) -> Response | None:
         """The most recent response the TU sent through this transaction."""
         return self._last_response
-
-    @property
-    def next_deadline(self) -> float | None:
-        """When `timer_fired` should next be called, or None if no timer is running."""
-        return _earliest(
-            self._retransmit.at if self._retransmit else None, self._give_up_at, self._end_at
-        )
 
     def receive(self, request: Request, now: float) -> list[Action]:
         """Feed a request matched to this transaction: a retransmitted INVITE or an ACK."""
@@ -237,7 +246,7 @@ class InviteServerTransaction:
         return [Terminated()]
 
 
-class NonInviteServerTransaction:
+class NonInviteServerTransaction(_Machine):
     """RFC 3261 §17.2.2 state machine; no sockets, no sleeping."""
 
     def __init__(
@@ -257,24 +266,9 @@ class NonInviteServerTransaction:
         self._end_at: float | None = None  # timer J
 
     @property
-    def state(self) -> State:
-        """The current state."""
-        return self._state
-
-    @property
-    def terminated(self) -> bool:
-        """Whether the transaction has ended."""
-        return self._state is State.TERMINATED
-
-    @property
     def last_response(self) -> Response | None:
         """The most recent response the TU sent through this transaction."""
         return self._last_response
-
-    @property
-    def next_deadline(self) -> float | None:
-        """When `timer_fired` should next be called, or None if no timer is running."""
-        return self._end_at
 
     def receive(self, request: Request, now: float) -> list[Action]:
         """Feed a retransmission of the request: re-send the last response, if any."""
@@ -316,7 +310,7 @@ ServerTransaction: TypeAlias = InviteServerTransaction | NonInviteServerTransact
 # --- client transactions -------------------------------------------------------------------
 
 
-class NonInviteClientTransaction:
+class NonInviteClientTransaction(_Machine):
     """RFC 3261 §17.1.2 state machine for our own BYE/OPTIONS; no sockets, no sleeping.
 
     `start()` returns the first ``Send(request)``; every response is handed to the TU as
@@ -342,26 +336,9 @@ class NonInviteClientTransaction:
         self._final: Response | None = None
 
     @property
-    def state(self) -> State:
-        """The current state."""
-        return self._state
-
-    @property
-    def terminated(self) -> bool:
-        """Whether the transaction has ended."""
-        return self._state is State.TERMINATED
-
-    @property
     def final_response(self) -> Response | None:
         """The final response, once one has arrived."""
         return self._final
-
-    @property
-    def next_deadline(self) -> float | None:
-        """When `timer_fired` should next be called, or None if no timer is running."""
-        return _earliest(
-            self._retransmit.at if self._retransmit else None, self._give_up_at, self._end_at
-        )
 
     def start(self, now: float) -> list[Action]:
         """Send the request and start timers E and F."""
