@@ -20,3 +20,8 @@ def may_see(viewer: Viewer, call: CallInfo) -> bool:
     if viewer.tenant != call.tenant:
         return False
     return viewer.role == "admin" or call.callee_extension == viewer.extension
+
+
+def visible_extension(viewer: Viewer) -> str | None:
+    """The one callee extension may_see limits viewer to in their tenant; None for all of it."""
+    return None if viewer.role == "admin" else viewer.extension

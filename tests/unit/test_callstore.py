@@ -1,0 +1,194 @@
+"""callstore on a real SQLite store: history pages, cursors, written and pending transcripts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from voicedashd import callstore
+from voicedashd.access import may_see, visible_extension
+from voicedashd.bus import EventBus
+from voicedashd.callstore import HistoryCursor
+from voicedashd.events import (
+    CallEnded,
+    CallInfo,
+    CallStarted,
+    EndReason,
+    Speaker,
+    SttTranscript,
+    TtsCompleted,
+    TtsStarted,
+)
+from voicedashd.metrics import Metrics
+from voicedashd.store import Store, open_store
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    extension: str
+    tenant: str
+    role: str = "user"
+
+
+ALICE = Viewer("1001", "acme")
+BOB = Viewer("1002", "acme")
+GUS = Viewer("1001", "globex")
+ADMIN = Viewer("1900", "acme", "admin")
+
+
+def info(call_id: str, extension: str, when: datetime, tenant: str = "acme") -> CallInfo:
+    return CallInfo(call_id=call_id, tenant=tenant, caller="5551234", caller_name="Alice",
+                    callee=extension, callee_extension=extension, is_ai_handled=True,
+                    created_at=when)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "store.sqlite3", Metrics()) as opened:
+        yield opened
+
+
+async def test_history_pages_are_newest_first_and_stable_with_equal_timestamps(
+        store: Store) -> None:
+    bus = EventBus(store, Metrics())
+    # Three calls to 1001 share one timestamp; one has a whole-second time (no fraction).
+    calls = [info("c-a", "1001", T0), info("c-c", "1001", T0), info("c-b", "1001", T0),
+             info("c-d", "1001", T0 + timedelta(microseconds=1)),
+             info("c-e", "1001", T0 - timedelta(minutes=1)),
+             info("c-f", "1002", T0), info("c-g", "1001", T0, tenant="globex")]
+    for call in calls:
+        bus.register(call)
+    bus.emit(CallStarted, "c-d", tenant="acme", caller="5551234", caller_name="Alice",
+             callee="1001", callee_extension="1001", is_ai_handled=True,
+             started_at=T0 + timedelta(seconds=1))
+    bus.emit(CallEnded, "c-d", reason=EndReason.CALLER_HANGUP, duration=4.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        with trio.fail_after(5):
+            await store.flush()
+
+        seen: list[str] = []
+        before = None
+        for _ in range(10):
+            page = await callstore.call_history(store, ALICE, before=before, limit=2)
+            seen += [c.info.call_id for c in page.calls]
+            assert len(page.calls) <= 2
+            if page.next_before is None:
+                break
+            before = HistoryCursor.parse(page.next_before.encode())
+        assert seen == ["c-d", "c-c", "c-b", "c-a", "c-e"]
+
+        ended = (await callstore.call_history(store, ALICE, limit=1)).calls[0]
+        assert ended.info == calls[3]
+        assert ended.answered_at == T0 + timedelta(seconds=1)
+        assert ended.end_reason == "caller_hangup"
+        assert ended.duration == 4.5
+        assert ended.ended_at is not None
+        unanswered = (await callstore.get_call(store, "c-a"))
+        assert unanswered is not None
+        assert (unanswered.answered_at, unanswered.ended_at) == (None, None)
+
+        admin = await callstore.call_history(store, ADMIN, limit=100)
+        assert [c.info.call_id for c in admin.calls] == ["c-d", "c-f", "c-c", "c-b", "c-a",
+                                                         "c-e"]
+        assert admin.next_before is None
+        bob = await callstore.call_history(store, BOB, limit=100)
+        assert [c.info.call_id for c in bob.calls] == ["c-f"]
+        gus = await callstore.call_history(store, GUS, limit=100)
+        assert [c.info.call_id for c in gus.calls] == ["c-g"]
+
+        # A plain timestamp: calls that arrived strictly before it.
+        older = await callstore.call_history(store, ALICE, before=HistoryCursor.parse(
+            "2025-03-01T12:00:00Z"), limit=100)
+        assert [c.info.call_id for c in older.calls] == ["c-e"]
+        same_in_other_zone = HistoryCursor.parse("2025-03-01T14:00:00.000001+02:00")
+        newer = await callstore.call_history(store, ALICE, before=same_in_other_zone, limit=100)
+        assert [c.info.call_id for c in newer.calls] == ["c-c", "c-b", "c-a", "c-e"]
+        nursery.cancel_scope.cancel()
+
+
+def test_cursor_round_trip_and_parsing() -> None:
+    cursor = HistoryCursor(T0 + timedelta(microseconds=5), "abc123")
+    assert cursor.encode() == "2025-03-01T12:00:00.000005Z~abc123"
+    assert HistoryCursor.parse(cursor.encode()) == cursor
+    assert HistoryCursor.parse("2025-03-01T12:00:00") == HistoryCursor(T0, "")
+    assert HistoryCursor.parse("2025-03-01") == HistoryCursor(T0 - timedelta(hours=12), "")
+    for bad in ("", "yesterday", "2025-13-01", "0001-01-01T00:00:00+01:00", "~abc",
+                "2025-03-01T12:00:00Z~" + "x" * 200):
+        with pytest.raises(ValueError):
+            HistoryCursor.parse(bad)
+
+
+async def test_transcript_entries_in_order_from_written_and_pending_events(
+        store: Store) -> None:
+    bus = EventBus(store, Metrics())
+    bus.register(info("call-1", "1001", T0))
+    bus.emit(CallStarted, "call-1", tenant="acme", caller="5551234", caller_name="Alice",
+             callee="1001", callee_extension="1001", is_ai_handled=True, started_at=T0)
+    bus.emit(SttTranscript, "call-1", text="hello I", is_final=False)
+    bus.emit(SttTranscript, "call-1", text="hello I need help", is_final=True)
+    bus.emit(TtsStarted, "call-1", text="How can I help?")
+    bus.emit(TtsCompleted, "call-1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        with trio.fail_after(5):
+            await store.flush()
+        nursery.cancel_scope.cancel()
+    # Written: seq 1-5. Not written (no writer runs now): seq 6-7, known only to the bus.
+    bus.emit(SttTranscript, "call-1", text="my order", is_final=True, speaker=Speaker.CALLER)
+    bus.emit(TtsStarted, "call-1", text="Let me look.")
+    with trio.fail_after(5):
+        entries = await callstore.read_transcript(store, bus, "call-1")
+    assert [(e.seq, e.speaker, e.text, e.final) for e in entries] == [
+        (2, "caller", "hello I", False),
+        (3, "caller", "hello I need help", True),
+        (4, "bot", "How can I help?", True),
+        (6, "caller", "my order", True),
+        (7, "bot", "Let me look.", True),
+    ]
+    assert all(e.timestamp.tzinfo is not None for e in entries)
+    assert entries[0].timestamp <= entries[-1].timestamp
+
+    # A fresh bus (as after the call left memory) reads the written part alone.
+    assert [e.seq for e in await callstore.read_transcript(store, EventBus(store, Metrics()),
+                                                           "call-1")] == [2, 3, 4]
+    assert await callstore.read_transcript(store, bus, "no-such-call") == []
+
+
+async def test_transcript_flushes_when_memory_no_longer_reaches_the_store(store: Store) -> None:
+    bus = EventBus(store, Metrics(), history_limit=2)
+    bus.register(info("call-2", "1001", T0))
+    for n in range(1, 7):
+        bus.emit(SttTranscript, "call-2", text=f"line {n}", is_final=True)
+    # Memory holds seq 5-6 only; 1-4 wait in the writer's queue. Reading must not skip them.
+    result: list[callstore.TranscriptEntry] = []
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            async def read_then_stop() -> None:
+                result.extend(await callstore.read_transcript(store, bus, "call-2"))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read_then_stop)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(store.run_writer)
+    assert [e.text for e in result] == [f"line {n}" for n in range(1, 7)]
+
+
+def test_visible_extension_is_may_see_as_a_filter() -> None:
+    calls = [info(f"c{n}", ext, T0, tenant) for n, (ext, tenant) in enumerate(
+        [("1001", "acme"), ("1002", "acme"), ("1001", "globex"), ("1900", "acme")])]
+    for viewer in (ALICE, BOB, GUS, ADMIN, Viewer("1001", "globex", "admin")):
+        extension = visible_extension(viewer)
+        for call in calls:
+            as_filter = call.tenant == viewer.tenant and extension in (None,
+                                                                        call.callee_extension)
+            assert as_filter == may_see(viewer, call), (viewer, call)

@@ -1,0 +1,203 @@
+"""The logged-in user's calls: live ones, history, and transcripts: /api/calls/*."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, RootModel, WithJsonSchema
+from quart import Blueprint
+from quart_schema import (
+    document_response,
+    tag_blueprint,
+    validate_querystring,
+    validate_response,
+)
+
+from .. import callstore
+from ..access import may_see
+from ..calls import Call
+from ..callstore import HistoryCursor, StoredCall, TranscriptEntry
+from ..events import CallInfo
+from .auth_routes import ErrorResponse
+from .deps import deps
+from .security import AuthUser, requires_user
+
+log = structlog.get_logger(__name__)
+
+blueprint = Blueprint("calls", __name__, url_prefix="/api/calls")
+tag_blueprint(blueprint, ["calls"])
+
+def _cursor(value: Any) -> HistoryCursor:
+    if not isinstance(value, str):
+        raise ValueError("give one timestamp or cursor")
+    return HistoryCursor.parse(value)
+
+
+Cursor = Annotated[HistoryCursor, PlainValidator(_cursor), WithJsonSchema({
+    "type": "string", "maxLength": 200, "examples": ["2025-01-31T12:00:00Z"],
+    "description": "an ISO 8601 timestamp (no offset means UTC), or next_before of a page"})]
+
+
+class HistoryQuery(BaseModel):
+    """Which page of history: calls that started before `before`, at most `limit` of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    before: Cursor | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class Party(BaseModel):
+    """A caller: number (SIP user or tel number) and display name, if sent."""
+
+    number: str
+    name: str | None
+
+
+class ActiveCall(BaseModel):
+    """A call in progress; started_at is when it was answered (else when it arrived)."""
+
+    call_id: str
+    caller: Party
+    callee: str
+    callee_extension: str
+    is_ai_handled: bool
+    started_at: datetime
+    state: Literal["ringing", "answered", "confirmed"]
+
+
+class ActiveCalls(RootModel[list[ActiveCall]]):
+    """The calls in progress that the user may see, oldest first."""
+
+
+class PastCall(BaseModel):
+    """A call of the history; started_at is when it arrived, answered_at when it was answered."""
+
+    call_id: str
+    caller: Party
+    callee: str
+    callee_extension: str
+    is_ai_handled: bool
+    started_at: datetime
+    answered: bool
+    answered_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+    duration: float | None
+
+
+class HistoryResponse(BaseModel):
+    """One page of history, newest first; pass next_before as `before` for the next (null: done)."""
+
+    calls: list[PastCall]
+    next_before: str | None
+
+
+class TranscriptLine(BaseModel):
+    """One transcript line: interim lines (final false) are replaced by later ones."""
+
+    speaker: Literal["caller", "bot"]
+    text: str
+    final: bool
+    seq: int
+    timestamp: datetime
+
+
+class TranscriptResponse(BaseModel):
+    """A call's transcript so far, in order; ended tells whether more can come."""
+
+    call_id: str
+    ended: bool
+    entries: list[TranscriptLine]
+
+
+def _party(info: CallInfo) -> Party:
+    return Party(number=info.caller, name=info.caller_name)
+
+
+def _active(call: Call) -> ActiveCall:
+    info = call.info
+    return ActiveCall(call_id=info.call_id, caller=_party(info), callee=info.callee,
+                      callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
+                      started_at=call.started_at or info.created_at,
+                      state=call.state.value)  # type: ignore[arg-type]
+
+
+def _past(call: StoredCall) -> PastCall:
+    info = call.info
+    return PastCall(call_id=info.call_id, caller=_party(info), callee=info.callee,
+                    callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
+                    started_at=info.created_at, answered=call.answered_at is not None,
+                    answered_at=call.answered_at, ended_at=call.ended_at,
+                    end_reason=call.end_reason, duration=call.duration)
+
+
+def _line(entry: TranscriptEntry) -> TranscriptLine:
+    return TranscriptLine(speaker=entry.speaker,  # type: ignore[arg-type]
+                          text=entry.text, final=entry.final, seq=entry.seq,
+                          timestamp=entry.timestamp)
+
+
+@blueprint.get("/active")
+@requires_user
+@validate_response(ActiveCalls, 200)
+@document_response(ErrorResponse, 401)
+async def active_calls(user: AuthUser) -> ActiveCalls:
+    """Calls in progress that the user may see (admins: all of their tenant), oldest first."""
+    calls = [_active(c) for c in deps().calls.active_calls() if may_see(user, c.info)]
+    log.info("active_calls_retrieved", extension=user.extension, tenant=user.tenant,
+             count=len(calls), progress="realtime")
+    return ActiveCalls(calls)
+
+
+@blueprint.get("")
+@requires_user
+@validate_querystring(HistoryQuery)
+@validate_response(HistoryResponse, 200)
+@document_response(ErrorResponse, 400)
+@document_response(ErrorResponse, 401)
+async def call_history(user: AuthUser, query_args: HistoryQuery) -> HistoryResponse:
+    """The user's calls (admins: all of their tenant), newest first, a page at a time."""
+    store = deps().store
+    # Rows change only when a call arrives, is answered or ends: wait for what is queued so a
+    # call that just ended shows as ended.
+    await store.flush()
+    page = await callstore.call_history(store, user, before=query_args.before,
+                                        limit=query_args.limit)
+    next_before = page.next_before.encode() if page.next_before else None
+    return HistoryResponse(calls=[_past(c) for c in page.calls], next_before=next_before)
+
+
+async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None:
+    """The call's data and whether it ended, if it exists and the user may see it."""
+    api = deps()
+    live = api.calls.get(call_id)
+    info = live.info if live is not None else api.bus.info(call_id)
+    if info is None:
+        stored = await callstore.get_call(api.store, call_id)
+        info = stored.info if stored is not None else None
+    if info is None:
+        return None
+    if not may_see(user, info):
+        log.warning("call_transcript_forbidden", call_id=call_id, extension=user.extension,
+                    tenant=user.tenant)
+        return None
+    return info, live is None
+
+
+@blueprint.get("/<call_id>/transcript")
+@requires_user
+@validate_response(TranscriptResponse, 200)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+async def transcript(user: AuthUser, call_id: str) -> object:
+    """The transcript of a live or finished call; 404 alike for unknown and other people's calls."""
+    visible = await _visible(user, call_id)
+    if visible is None:
+        return {"error": "not_found", "detail": "no call with this id"}, 404
+    info, ended = visible
+    entries = await callstore.read_transcript(deps().store, deps().bus, info.call_id)
+    return TranscriptResponse(call_id=info.call_id, ended=ended,
+                              entries=[_line(e) for e in entries])

@@ -1,0 +1,189 @@
+"""Read calls and transcripts back: one call, a user's call history, a call's transcript."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .access import Viewer, may_see, visible_extension
+from .bus import EventBus
+from .events import CallEvent, CallInfo, Speaker
+from .store import Store
+
+TRANSCRIPT_EVENTS = ("stt_transcript", "tts_started")
+CURSOR_SEPARATOR = "~"
+MAX_CURSOR_CALL_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A call as the store has it: who it was for, and how it went."""
+
+    info: CallInfo
+    answered_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+    duration: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Where a history page starts: calls strictly older than (started_at, call_id)."""
+
+    started_at: datetime
+    call_id: str = ""
+
+    def encode(self) -> str:
+        """Return the cursor as the `before` value of the next page's request."""
+        stamp = self.started_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return f"{stamp}{CURSOR_SEPARATOR}{self.call_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> HistoryCursor:
+        """Read an ISO 8601 timestamp (naive: UTC) or an encoded cursor; ValueError if neither."""
+        stamp, _, call_id = text.strip().partition(CURSOR_SEPARATOR)
+        if len(call_id) > MAX_CURSOR_CALL_ID:
+            raise ValueError("not a cursor from next_before")
+        try:
+            when = datetime.fromisoformat(stamp)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            when = when.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise ValueError("expected an ISO 8601 timestamp such as 2025-01-31T12:00:00Z, "
+                             "or the next_before of the previous page") from None
+        return cls(when, call_id)
+
+    def key(self) -> tuple[str, str]:
+        """The (started_at, call_id) pair as stored, for comparing in SQL."""
+        # The writer stores datetime.isoformat() of UTC times, so string order is time order.
+        return (self.started_at.isoformat(), self.call_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of history, newest first, and where the next page starts (None: no more)."""
+
+    calls: list[StoredCall]
+    next_before: HistoryCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A call event in its stored form (name, data as JSON-ready dict)."""
+
+    call_id: str
+    seq: int
+    name: str
+    ts: datetime
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: CallEvent) -> StoredEvent:
+        """The stored form of an in-memory event."""
+        return cls(event.call_id, event.seq, event.name, event.ts, event.data())
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One line of a transcript: who said what, whether it is final, and when."""
+
+    speaker: str
+    text: str
+    final: bool
+    seq: int
+    timestamp: datetime
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _stored_call(row: dict[str, Any]) -> StoredCall:
+    info = CallInfo(
+        call_id=row["call_id"], tenant=row["tenant"], caller=row["caller"],
+        caller_name=row["caller_name"], callee=row["callee"],
+        callee_extension=row["callee_extension"], is_ai_handled=bool(row["is_ai_handled"]),
+        created_at=datetime.fromisoformat(row["started_at"]))
+    return StoredCall(info=info, answered_at=_time(row["answered_at"]),
+                      ended_at=_time(row["ended_at"]), end_reason=row["end_reason"],
+                      duration=row["duration"])
+
+
+async def get_call(store: Store, call_id: str) -> StoredCall | None:
+    """Return the stored call with this id, if there is one."""
+    rows = await store.call_rows("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+    return _stored_call(rows[0]) if rows else None
+
+
+async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | None = None,
+                       limit: int = 20) -> HistoryPage:
+    """Return the calls viewer may see, newest first, older than before, at most limit."""
+    where = ["tenant = ?"]
+    params: list[Any] = [viewer.tenant]
+    extension = visible_extension(viewer)
+    if extension is not None:
+        where.append("callee_extension = ?")
+        params.append(extension)
+    if before is not None:
+        where.append("(started_at, call_id) < (?, ?)")
+        params.extend(before.key())
+    rows = await store.call_rows(
+        f"SELECT * FROM calls WHERE {' AND '.join(where)} "
+        "ORDER BY started_at DESC, call_id DESC LIMIT ?", (*params, limit + 1))
+    calls = [_stored_call(row) for row in rows[:limit]]
+    # The query is the SQL form of may_see; the rule itself has the last word.
+    visible = [call for call in calls if may_see(viewer, call.info)]
+    next_before = None
+    if len(rows) > limit:
+        last = calls[-1].info
+        next_before = HistoryCursor(last.created_at, last.call_id)
+    return HistoryPage(visible, next_before)
+
+
+def _transcript_rows(conn: sqlite3.Connection, call_id: str) -> tuple[list[StoredEvent], int]:
+    """The call's stored transcript events in order, and the last seq stored for the call."""
+    marks = ",".join("?" * len(TRANSCRIPT_EVENTS))
+    rows = conn.execute(
+        f"SELECT call_id, seq, name, ts, data FROM events WHERE call_id = ? AND name IN ({marks})"
+        " ORDER BY seq", (call_id, *TRANSCRIPT_EVENTS)).fetchall()
+    last = conn.execute("SELECT MAX(seq) FROM events WHERE call_id = ?", (call_id,)).fetchone()[0]
+    events = [StoredEvent(r["call_id"], r["seq"], r["name"], datetime.fromisoformat(r["ts"]),
+                          json.loads(r["data"])) for r in rows]
+    return events, last or 0
+
+
+async def call_events(store: Store, bus: EventBus, call_id: str) -> list[StoredEvent]:
+    """Return the call's transcript events, written ones plus those still queued for the writer."""
+    # A live call's newest events may still wait in the writer's queue; the bus's in-memory
+    # history has them, so merge instead of flushing the whole store on every read. Only when
+    # history no longer reaches back to the last written event (it is bounded) flush and reread.
+    stored, last_seq = await store.run(lambda conn: _transcript_rows(conn, call_id))
+    pending = bus.history(call_id, since_seq=last_seq)
+    if pending and pending[0].seq > last_seq + 1:
+        await store.flush()
+        stored, last_seq = await store.run(lambda conn: _transcript_rows(conn, call_id))
+        pending = bus.history(call_id, since_seq=last_seq)
+    return stored + [StoredEvent.of(e) for e in pending if e.name in TRANSCRIPT_EVENTS]
+
+
+def transcript_entry(event: StoredEvent) -> TranscriptEntry | None:
+    """The transcript line an event stands for, or None if it is not one."""
+    if event.name == "stt_transcript":
+        return TranscriptEntry(speaker=str(event.data.get("speaker", Speaker.CALLER)),
+                               text=str(event.data.get("text", "")),
+                               final=bool(event.data.get("is_final", False)),
+                               seq=event.seq, timestamp=event.ts)
+    if event.name == "tts_started":
+        return TranscriptEntry(speaker=Speaker.BOT.value, text=str(event.data.get("text", "")),
+                               final=True, seq=event.seq, timestamp=event.ts)
+    return None
+
+
+async def read_transcript(store: Store, bus: EventBus, call_id: str) -> list[TranscriptEntry]:
+    """Return a live or finished call's transcript in seq order."""
+    entries = (transcript_entry(e) for e in await call_events(store, bus, call_id))
+    return [entry for entry in entries if entry is not None]
