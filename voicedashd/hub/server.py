@@ -1,34 +1,104 @@
-"""trio-websocket server for live call events on [hub] listen."""
+"""trio-websocket server for live call events on [hub] listen: handshake checks, sessions."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from urllib.parse import urlsplit
+
 import structlog
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer
+from trio_websocket import ConnectionClosed, Endpoint, WebSocketRequest, WebSocketServer
 
-from ..config import HubConfig
+from ..auth import Authenticator
+from ..bus import EventBus
 from ..errors import ListenerError
+from ..livecfg import LiveConfig
+from ..metrics import Metrics
+from ..store import Store
+from .connection import HubDeps, Session, WireCache
+from .protocol import CLOSE_TOO_BIG, allowed_origins, bearer_token, check_handshake
+from .router import Router
 
 log = structlog.get_logger(__name__)
 
-CLOSE_NOT_READY = 1013
+HANDSHAKE_TIMEOUT = 10.0
+DISCONNECT_TIMEOUT = 5.0
 
 
-async def _handle(request: WebSocketRequest) -> None:
-    ws = await request.accept()
-    await ws.aclose(CLOSE_NOT_READY, "live events are not served by this version yet")
+class Hub:
+    """Accepts WebSocket handshakes and runs one Session per connection."""
+
+    def __init__(self, deps: HubDeps) -> None:
+        self._deps = deps
+        self.router = Router()
+        self._wire = WireCache()
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """Check a handshake (path, token-free URL, Origin); serve the connection if it passes."""
+        live = self._deps.live.current
+        remote = _address(request.remote)
+        headers = request.headers
+        rejection = check_handshake(request.path, headers, allowed_origins(live))
+        if rejection is not None:
+            log.info("ws_rejected", remote=remote, status=rejection.status,
+                     reason=rejection.reason, path=urlsplit(request.path).path[:100])
+            with contextlib.suppress(ConnectionClosed):     # the peer may be gone already
+                await request.reject(rejection.status, body=(rejection.detail + "\n").encode())
+            return
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            return
+        metrics = self._deps.metrics
+        metrics.hub_connections.inc()
+        log.info("ws_connected", remote=remote)
+        started = trio.current_time()
+        session = Session(ws, self._deps, self.router, self._wire, bearer_token(headers),
+                          remote)
+        try:
+            await session.run()
+        finally:
+            close = session.closed_with
+            metrics.hub_connections.dec()
+            peer = ws.closed
+            user = session.user
+            by_server = close is not None or (peer is not None and peer.code == CLOSE_TOO_BIG)
+            log.info("ws_closed", remote=remote, by="server" if by_server else "client",
+                     code=close.code if close is not None else (peer.code if peer else None),
+                     reason=close.reason if close is not None else (peer.reason if peer else None),
+                     seconds=round(trio.current_time() - started, 3),
+                     **({"extension": user.extension, "tenant": user.tenant} if user else {}))
 
 
-async def serve_hub(config: HubConfig, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve WebSocket connections on [hub] listen until cancelled."""
+def _address(endpoint: Endpoint | str) -> str:
+    if isinstance(endpoint, Endpoint):
+        return f"{endpoint.address}:{endpoint.port}"
+    return endpoint
+
+
+async def serve_hub(live: LiveConfig, bus: EventBus, authenticator: Authenticator,
+                    store: Store, metrics: Metrics, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve WebSocket connections on [hub] listen until cancelled; report the bound port."""
+    config = live.current.hub
     try:
         listeners = await trio.open_tcp_listeners(config.listen.port, host=config.listen.host)
     except OSError as exc:
         raise ListenerError(
             f"hub.listen: cannot listen on {config.listen}: {exc.strerror}") from None
-    server = WebSocketServer(_handle, listeners, connect_timeout=10, disconnect_timeout=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        log.info("hub_listening", listen=str(config.listen))
-        task_status.started()
+    if config.send_buffer:
+        for listener in listeners:      # accepted sockets inherit it
+            listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.send_buffer)
+    hub = Hub(HubDeps(live=live, bus=bus, auth=authenticator, store=store, metrics=metrics))
+    server = WebSocketServer(hub.handle, listeners, max_message_size=config.max_message_size,
+                             connect_timeout=HANDSHAKE_TIMEOUT,
+                             disconnect_timeout=DISCONNECT_TIMEOUT)
+    unsubscribe = bus.subscribe(hub.router.publish)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            log.info("hub_listening", listen=str(config.listen))
+            task_status.started(listeners[0].socket.getsockname()[1])
+    finally:
+        unsubscribe()
