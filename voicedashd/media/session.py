@@ -1,0 +1,342 @@
+"""One call's RTP session: decoded inbound PCM, paced outbound PCM, DTMF, media timeout."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import trio
+
+from ..config import MediaConfig
+from ..sip.sdp import HOLD_ADDRESSES, Answer
+from .dtmf import DtmfDigit
+from .g711 import Pcm, codec_named
+from .jitter import JitterStats
+from .ports import RtpSockets
+from .record import WavRecorder
+from .resample import Resampler
+from .rtp import InboundStats, InboundStream, MalformedRtp, RtpPacket, parse_rtp
+from .sender import MediaClock, RtpSender, SenderStats
+
+log = structlog.get_logger(__name__)
+
+PIPELINE_RATE = 16000
+RTP_CLOCK = 8000
+INBOUND_FRAMES = 50  # 1 s of 20 ms frames waiting for the consumer; beyond that, frames drop
+MAX_QUEUED = 1.0  # seconds of outbound audio send_pcm lets pile up before it waits
+RECV_SIZE = 2048
+MAX_BURST = 64  # datagrams read per call per tick; more wait for the next tick
+
+
+@dataclass(slots=True)
+class PcmFrame:
+    """Decoded 16-bit mono audio at `rate` Hz (one RTP packet's worth; treat as read-only)."""
+
+    samples: Pcm
+    rate: int
+
+    @property
+    def data(self) -> bytes:
+        """The samples as 16-bit little-endian bytes (what Pipecat audio frames carry)."""
+        return self.samples.astype("<i2", copy=False).tobytes()
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return len(self.samples) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """How a session behaves: media timeout, jitter buffer, PCM rate, optional recording."""
+
+    timeout: float = 30.0
+    jitter: float = 0.06
+    rate: int = PIPELINE_RATE
+    record_to: Path | None = None
+
+
+def session_settings(config: MediaConfig, call_id: str) -> SessionSettings:
+    """Settings for one call from [media]; the recording is named by start time and call."""
+    record_to = None
+    if config.record_dir is not None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        record_to = config.record_dir / f"{stamp}-{call_id}.wav"
+    return SessionSettings(timeout=config.timeout, jitter=config.jitter_buffer,
+                           record_to=record_to)
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """Counters of one session, for the end-of-call log line and the benchmark."""
+
+    inbound: InboundStats
+    jitter: JitterStats
+    sender: SenderStats
+    frames_dropped: int = 0
+    send_errors: int = 0
+
+    def as_log(self) -> dict[str, Any]:
+        """Flat key/values for the media_session_ended log line."""
+        return {
+            "rtp_in": self.inbound.packets, "rtp_malformed": self.inbound.malformed,
+            "rtp_lost": self.jitter.lost, "rtp_late": self.jitter.late,
+            "rtp_duplicates": self.jitter.duplicates, "rtp_reordered": self.jitter.reordered,
+            "ssrc_changes": self.inbound.ssrc_changes, "frames_dropped": self.frames_dropped,
+            "rtp_out_audio": self.sender.audio, "rtp_out_silence": self.sender.silence,
+            "rtp_out_skipped": self.sender.skipped, "send_errors": self.send_errors,
+        }
+
+
+class MediaSession:
+    """A call's media as the voice bot sees it.
+
+    `inbound` yields decoded PCM frames at `rate`; `send_pcm` queues speech, sent one 20 ms
+    packet per clock tick after what is already queued, with comfort silence whenever
+    nothing is queued; `flush` drops queued speech at once (barge-in). DTMF digits go to
+    on_dtmf. The shared MediaClock drives the socket work; open it with open_media_session().
+    """
+
+    def __init__(self, sockets: RtpSockets, answer: Callable[[], Answer | None],
+                 settings: SessionSettings, *, call_id: str,
+                 on_dtmf: Callable[[DtmfDigit], None]) -> None:
+        first = answer()
+        if first is None:
+            raise ValueError("a media session needs the call's SDP answer")
+        self.rate = settings.rate
+        self.settings = settings
+        self.call_id = call_id
+        self.timed_out = False
+        self.error: Exception | None = None
+        self._current_answer = answer
+        self._on_dtmf = on_dtmf
+        self._send_frames, self.inbound = trio.open_memory_channel[PcmFrame](INBOUND_FRAMES)
+        self._codec = codec_named(first.codec)
+        self._sender = RtpSender(self._codec, first.payload_type)
+        self._stream = InboundStream(first.payload_type, first.dtmf_payload_type,
+                                     jitter_delay=settings.jitter)
+        self._decoder = Resampler(RTP_CLOCK, self.rate)
+        self._encoder = Resampler(self.rate, RTP_CLOCK)
+        self._flushes = 0
+        self._frames_dropped = 0
+        self._send_errors = 0
+        self._last_rtp = 0.0
+        self._answer = first
+        self._destination: tuple[str, int] = (first.remote_address, first.remote_port)
+        self._latched: tuple[str, int] | None = None
+        self._scope = trio.CancelScope()
+        self._apply(first)
+        self.recorder = (None if settings.record_to is None else
+                         WavRecorder(settings.record_to, self.rate, call_id=call_id))
+        # Our own handle on the RTP socket for non-blocking reads and sends, made from the
+        # clock's tick without a trip through the scheduler (the port pool owns the original).
+        self._socket = socket.socket(fileno=os.dup(sockets.rtp.fileno()))
+        self._socket.setblocking(False)
+
+    # -- the voice bot's side ------------------------------------------------------------
+
+    async def send_pcm(self, pcm: Pcm | bytes, *, last: bool = False) -> None:
+        """Queue speech (16-bit mono at `rate`); last=True ends an utterance (flushes filters)."""
+        generation = self._flushes
+        await self._sender.wait_queued_below(MAX_QUEUED)
+        if generation != self._flushes:
+            return  # barged in while waiting: this chunk belongs to the dropped speech
+        samples = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes) else pcm
+        self._sender.queue(self._codec.encode(self._encoder.process(samples, last=last)))
+
+    def flush(self) -> None:
+        """Drop all queued outbound speech now (barge-in); comfort silence follows."""
+        self._flushes += 1
+        self._sender.flush()
+        self._encoder.reset()
+
+    @property
+    def queued(self) -> float:
+        """Seconds of outbound speech not yet sent."""
+        return self._sender.queued
+
+    @property
+    def stats(self) -> SessionStats:
+        """Counters so far."""
+        return SessionStats(self._stream.stats, self._stream.jitter.stats, self._sender.stats,
+                            self._frames_dropped, self._send_errors)
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """Where RTP is sent: the source of the peer's packets once seen, else the SDP's."""
+        return self._latched or self._destination
+
+    # -- SDP (re-INVITE) -----------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Follow a changed SDP answer (re-INVITE: hold, new address, new codec)."""
+        answer = self._current_answer()
+        if answer is None or answer is self._answer:
+            return
+        self._answer = answer
+        self._apply(answer)
+
+    def _apply(self, answer: Answer) -> None:
+        codec = codec_named(answer.codec)
+        if codec is not self._codec or answer.payload_type != self._sender.payload_type:
+            self._codec = codec
+            self._sender.set_codec(codec, answer.payload_type)
+            self._encoder.reset()
+        if (answer.payload_type, answer.dtmf_payload_type) != (
+                self._stream.audio_payload_type, self._stream.dtmf_payload_type):
+            self._stream = InboundStream(answer.payload_type, answer.dtmf_payload_type,
+                                         jitter_delay=self.settings.jitter)
+        destination = (answer.remote_address, answer.remote_port)
+        if destination != self._destination:
+            self._destination = destination
+            self._latched = None
+        self._sender.paused = (answer.direction in ("recvonly", "inactive")
+                               or answer.remote_address in HOLD_ADDRESSES
+                               or answer.remote_port == 0)
+
+    @property
+    def _expects_media(self) -> bool:
+        return self._answer.direction in ("sendrecv", "recvonly")
+
+    # -- the clock's side (ClockMember) ----------------------------------------------------
+
+    def send_tick(self) -> None:
+        """Send this tick's packet: queued speech or comfort silence (nothing while held)."""
+        self._refresh()
+        if self._sender.paused:
+            self._sender.skip(1)
+            return
+        packet = self._sender.next_packet()
+        try:
+            self._socket.sendto(packet, self.peer)
+        except OSError as exc:  # incl. a full send buffer: the packet is lost, as on the wire
+            self._send_errors += 1
+            if self._send_errors == 1:
+                log.warning("rtp_send_failed", call_id=self.call_id, address=self.peer[0],
+                            port=self.peer[1], error=str(exc))
+
+    def receive_tick(self, now: float) -> None:
+        """Read what arrived, release what the jitter buffer and DTMF timers let go, and end
+        the session if nothing has arrived for settings.timeout."""
+        self._read_all(now)
+        deadline = self._stream.next_deadline
+        if deadline is not None and deadline <= now:
+            self._deliver(self._stream.timer_fired(now))
+        if not self._expects_media:
+            self._last_rtp = now  # on hold, the peer owes us nothing
+        elif now - self._last_rtp >= self.settings.timeout:
+            self.timed_out = True
+            self._scope.cancel()
+
+    def skip_ticks(self, ticks: int) -> None:
+        """The clock stalled past catching up: the timestamp moves on with the clock."""
+        self._sender.skip(ticks)
+        self._sender.stats.skipped += ticks
+
+    def fail(self, error: Exception) -> None:
+        """A tick raised: the error ends this call (re-raised in its task)."""
+        self.error = error
+        self._scope.cancel()
+
+    def _read_all(self, now: float) -> None:
+        """Take the datagrams waiting on the socket (at most MAX_BURST per tick)."""
+        for _ in range(MAX_BURST):
+            try:
+                data, source = self._socket.recvfrom(RECV_SIZE)
+            except OSError:  # nothing waiting (or an ICMP error queued on the socket)
+                return
+            try:
+                packet = parse_rtp(data)
+            except MalformedRtp:
+                self._stream.stats.malformed += 1
+                continue
+            self._last_rtp = now
+            if source != self._latched:
+                self._latch(source)
+            self._deliver(self._stream.push(packet, now))
+
+    def _latch(self, source: Any) -> None:
+        """Symmetric RTP (comedia): answer to where the peer's packets really come from."""
+        self._latched = (source[0], source[1])
+        log.info("rtp_peer_latched", call_id=self.call_id, address=source[0], port=source[1],
+                 sdp_address=self._destination[0], sdp_port=self._destination[1])
+
+    def _deliver(self, items: Sequence[RtpPacket | DtmfDigit]) -> None:
+        for item in items:
+            if isinstance(item, DtmfDigit):
+                self._on_dtmf(item)
+                continue
+            pcm = self._decoder.process(self._codec.decode(item.payload))
+            if not len(pcm):
+                continue
+            if self.recorder is not None:
+                self.recorder.write(pcm)
+            try:
+                self._send_frames.send_nowait(PcmFrame(pcm, self.rate))
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                self._frames_dropped += 1
+
+    def _close(self) -> None:
+        self._socket.close()
+
+
+@asynccontextmanager
+async def open_media_session(
+    sockets: RtpSockets, answer: Callable[[], Answer | None], settings: SessionSettings, *,
+    clock: MediaClock, clock_nursery: trio.Nursery, call_id: str,
+    on_dtmf: Callable[[DtmfDigit], None],
+) -> AsyncIterator[MediaSession]:
+    """Run a call's media on the clock around the body.
+
+    If inbound RTP stops for settings.timeout the body is cancelled and the block exits
+    normally with session.timed_out set; if the session's tick fails, its error is raised
+    here (in the call's task). clock_nursery hosts the clock's loop if it is not running.
+    """
+    session = MediaSession(sockets, answer, settings, call_id=call_id, on_dtmf=on_dtmf)
+    log.info("media_session_started", call_id=call_id, port=sockets.port,
+             codec=session._codec.name, address=session.peer[0], peer_port=session.peer[1])
+    try:
+        async with trio.open_nursery() as outer:
+            if session.recorder is not None:
+                outer.start_soon(session.recorder.run)
+            try:
+                with session._scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_drain, sockets.rtcp)
+                        session._last_rtp = trio.current_time()
+                        clock.join(session, clock_nursery)
+                        yield session
+                        nursery.cancel_scope.cancel()
+            finally:
+                clock.leave(session)
+                session._send_frames.close()
+                if session.recorder is not None:
+                    session.recorder.close()
+                log.info("media_session_ended", call_id=call_id, port=sockets.port,
+                         timed_out=session.timed_out, failed=session.error is not None,
+                         **session.stats.as_log())
+    finally:
+        session._close()
+    if session.error is not None:
+        raise session.error
+
+
+async def discard_inbound(session: MediaSession) -> None:
+    """Consume inbound audio and say nothing: a call's media until the voice bot takes over."""
+    async for _ in session.inbound:
+        pass
+
+
+async def _drain(sock: trio.socket.SocketType) -> None:
+    """Read and ignore RTCP (we send none; reading keeps the socket buffer empty)."""
+    while True:
+        await sock.recv(RECV_SIZE)
+
