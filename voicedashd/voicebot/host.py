@@ -1,0 +1,72 @@
+"""What the Pipecat side of a call may ask of the Trio side (implemented by the bridge)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Offload(Protocol):
+    """Run blocking or CPU-heavy work in a Trio worker thread; awaited from Pipecat code."""
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call fn(*args) off the event loop and return its result."""
+        ...
+
+
+class RunProcess(Protocol):
+    """Run a subprocess under Trio; its stdout, or CalledProcessError if it fails."""
+
+    async def __call__(self, command: list[str], stdin: bytes) -> bytes:
+        """Run command with stdin; return what it wrote to stdout."""
+        ...
+
+
+class Inbox(Protocol):
+    """The caller's audio (16-bit mono PCM at the pipeline rate), put in by the Trio side."""
+
+    async def get(self) -> bytes:
+        """The next chunk of audio, waiting for it."""
+        ...
+
+
+class Outbox(Protocol):
+    """The bot's audio on its way to the RTP sender, paced to real time."""
+
+    async def write(self, pcm: bytes) -> None:
+        """Hand over speech; returns once it is at most a little ahead of the playout."""
+        ...
+
+    def flush(self) -> None:
+        """Drop speech not yet played (barge-in)."""
+        ...
+
+    def end_of_speech(self) -> None:
+        """The bot stopped talking: let the sender finish the utterance."""
+        ...
+
+
+class CallEvents(Protocol):
+    """Live events of one call, handed to the Trio side for the EventBus."""
+
+    def transcript(self, text: str, *, is_final: bool) -> None:
+        """The caller said something (interim guesses, then the final words)."""
+        ...
+
+    def tts_started(self, text: str) -> None:
+        """The bot started saying a sentence."""
+        ...
+
+    def tts_completed(self) -> None:
+        """The bot finished (or was interrupted in) what it started."""
+        ...
+
+
+class Observe(Protocol):
+    """Record a latency sample (seconds) under a name: stt, answer, tts, response."""
+
+    def __call__(self, name: str, seconds: float) -> None:
+        """Record one sample."""
+        ...

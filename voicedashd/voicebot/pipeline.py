@@ -1,0 +1,264 @@
+"""One call's Pipecat pipeline, from config and the process-wide models, and its services."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import onnxruntime
+import structlog
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
+from pipecat.frames.frames import ErrorFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from ..config import LlmConfig, SttConfig, TtsConfig, VoicebotConfig, VoicebotOverride
+from ..errors import ListenerError
+from ..events import CallInfo
+from .host import CallEvents, Inbox, Observe, Offload, Outbox, RunProcess
+from .rag import KnowledgeBase
+from .responder import AnswerPolicy, Responder, Wording
+from .services import EspeakTTSService, PocketsphinxSTTService
+from .sphinx import SAMPLE_RATE, SphinxModel, build_vocabulary
+from .transport import RtpTransport
+from .turns import Conversation, TurnClock
+
+log = structlog.get_logger(__name__)
+
+ProcessorFactory = Callable[[CallInfo], FrameProcessor | None]
+CANCEL_TIMEOUT = 2.0  # a pipeline cancelled from outside stops within this
+
+
+class PluginError(ListenerError):
+    """A [voicebot] processors entry that cannot be imported or is not callable.
+
+    At start-up it is fatal like a listener that cannot bind: one line naming the setting.
+    """
+
+
+def load_processor_factory(ref: str) -> ProcessorFactory:
+    """Import "package.module:factory" (called per call with the CallInfo)."""
+    module_name, _, attribute = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"voicebot.processors: cannot load {ref!r}: {exc}") from None
+    if not callable(factory):
+        raise PluginError(f"voicebot.processors: {ref!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def load_vad_model() -> onnxruntime.InferenceSession:
+    """Pipecat's bundled Silero VAD model, loaded once per process (blocking)."""
+    path = importlib.resources.files("pipecat.audio.vad.data").joinpath("silero_vad.onnx")
+    return SileroOnnxModel(str(path), force_onnx_cpu=True).session
+
+
+class _SharedSileroModel(SileroOnnxModel):
+    """Silero's per-stream state around a session shared by every call."""
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+        self.sample_rates = [8000, 16000]
+        self.reset_states()
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    """Silero VAD for one call on the process-wide model, analysed inline.
+
+    A 32 ms window costs ~0.1 ms of inference, less than handing it to a thread (which the
+    base class would do, on a thread of its own per call).
+    """
+
+    def __init__(self, session: onnxruntime.InferenceSession, params: VADParams) -> None:
+        VADAnalyzer.__init__(self, sample_rate=SAMPLE_RATE, params=params)
+        self._model = _SharedSileroModel(session)
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        """Analyse a chunk of audio on the event loop."""
+        return self._run_analyzer(buffer)
+
+
+@dataclass(frozen=True)
+class Models:
+    """What every call shares: the VAD model, knowledge bases, recognisers, plugins."""
+
+    vad: onnxruntime.InferenceSession
+    knowledge: Mapping[Any, KnowledgeBase]
+    sphinx: Mapping[Any, SphinxModel]
+    plugins: tuple[ProcessorFactory, ...]
+
+
+def build_models(config: VoicebotConfig, vad: onnxruntime.InferenceSession) -> Models:
+    """Index every knowledge folder, build its recogniser, load the plugins (blocking)."""
+    knowledge: dict[Any, KnowledgeBase] = {None: KnowledgeBase(())}
+    for folder in config.knowledge_paths():
+        knowledge[folder] = KnowledgeBase.from_folder(folder)
+    sphinx: dict[Any, SphinxModel] = {}
+    if config.stt.engine == "pocketsphinx":
+        for folder, base in knowledge.items():
+            vocabulary = build_vocabulary(base.spoken_sentences())
+            sphinx[folder] = SphinxModel(vocabulary)
+            log.info("knowledge_indexed", path=str(folder) if folder else None,
+                     passages=len(base.passages), words=vocabulary.words,
+                     words_without_pronunciation=len(vocabulary.missing))
+    plugins = tuple(load_processor_factory(ref) for ref in config.processors)
+    return Models(vad=vad, knowledge=knowledge, sphinx=sphinx, plugins=plugins)
+
+
+@dataclass(frozen=True)
+class CallHooks:
+    """The Trio side of one call, as the bridge provides it."""
+
+    inbox: Inbox
+    outbox: Outbox
+    events: CallEvents
+    offload: Offload
+    run_process: RunProcess
+    observe: Observe
+    environ: Mapping[str, str]
+
+
+def render(template: str, call: CallInfo) -> str:
+    """Fill a config text's {extension}, {tenant} and {caller} for a call."""
+    return template.format(extension=call.callee_extension or call.callee,
+                           tenant=call.tenant, caller=call.caller)
+
+
+def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
+                   hooks: CallHooks) -> Pipeline:
+    """The processors of one call, in order: RTP in, VAD, STT, plugins, answer, TTS, RTP out."""
+    chosen: VoicebotOverride = config.for_call(call.tenant, call.callee_extension)
+    knowledge = models.knowledge.get(chosen.knowledge) or KnowledgeBase(())
+    turns = TurnClock()
+    conversation = Conversation(hooks.events)
+    transport = RtpTransport(inbox=hooks.inbox, outbox=hooks.outbox, events=conversation,
+                             turns=turns, observe=hooks.observe, rate=SAMPLE_RATE)
+    vad = VADProcessor(vad_analyzer=SharedSileroVADAnalyzer(
+        models.vad, VADParams(stop_secs=config.vad_stop)))
+    stt = _stt(config.stt, models.sphinx.get(chosen.knowledge), hooks)
+    plugins = [p for factory in models.plugins if (p := factory(call)) is not None]
+    responder = Responder(
+        knowledge=knowledge,
+        wording=Wording(greeting=render(chosen.greeting or "", call),
+                        fallback=render(chosen.fallback or "", call),
+                        farewell=render(chosen.farewell or "", call),
+                        system_prompt=render(chosen.system_prompt or "", call)),
+        policy=AnswerPolicy(top_k=config.top_k, sentences=config.answer_sentences,
+                            use_llm=config.llm.engine != "none", barge_in=config.barge_in),
+        conversation=conversation, turns=turns, observe=hooks.observe)
+    llm = _llm(config.llm, hooks.environ)
+    tts = _tts(config.tts, hooks)
+    processors: list[FrameProcessor] = [transport.input(), vad, stt, *plugins, responder]
+    if llm is not None:
+        processors.append(llm)
+    processors += [tts, transport.output()]
+    return Pipeline(processors)
+
+
+def _key(section: SttConfig | TtsConfig | LlmConfig, environ: Mapping[str, str]) -> str:
+    return environ.get(section.api_key_env, "") if section.api_key_env else ""
+
+
+def _stt(config: SttConfig, sphinx: SphinxModel | None, hooks: CallHooks) -> FrameProcessor:
+    key = _key(config, hooks.environ)
+    if config.engine == "pocketsphinx":
+        assert sphinx is not None, "every knowledge folder has a recogniser"
+        return PocketsphinxSTTService(model=sphinx, offload=hooks.offload)
+    settings = _fields(model=config.model, language=config.language)
+    if config.engine == "deepgram":
+        from pipecat.services.deepgram.stt import DeepgramSTTService
+
+        return DeepgramSTTService(api_key=key, base_url=config.base_url or "",
+                                  sample_rate=SAMPLE_RATE,
+                                  settings=DeepgramSTTService.Settings(**settings))
+    if config.engine == "openai":
+        from pipecat.services.openai.stt import OpenAISTTService
+
+        return OpenAISTTService(api_key=key or "none", base_url=config.base_url,
+                                settings=OpenAISTTService.Settings(**settings))
+    from pipecat.services.whisper.stt import WhisperSTTService
+
+    return WhisperSTTService(settings=WhisperSTTService.Settings(**settings))
+
+
+def _tts(config: TtsConfig, hooks: CallHooks) -> FrameProcessor:
+    key = _key(config, hooks.environ)
+    if config.engine == "espeak":
+        return EspeakTTSService(run_process=hooks.run_process, observe=hooks.observe,
+                                voice=config.voice or "en-us", speed=config.speed)
+    settings = _fields(model=config.model, voice=config.voice)
+    if config.engine == "cartesia":
+        from pipecat.services.cartesia.tts import CartesiaTTSService
+
+        return CartesiaTTSService(api_key=key, **({"url": config.base_url} if config.base_url
+                                                   else {}),
+                                  settings=CartesiaTTSService.Settings(**settings))
+    if config.engine == "openai":
+        from pipecat.services.openai.tts import OpenAITTSService
+
+        return OpenAITTSService(api_key=key or "none", base_url=config.base_url,
+                                settings=OpenAITTSService.Settings(**settings))
+    from pipecat.services.deepgram.tts import DeepgramTTSService
+
+    return DeepgramTTSService(api_key=key, settings=DeepgramTTSService.Settings(**settings))
+
+
+def _llm(config: LlmConfig, environ: Mapping[str, str]) -> FrameProcessor | None:
+    if config.engine == "none":
+        return None
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    return OpenAILLMService(
+        api_key=_key(config, environ) or "none", base_url=config.base_url,
+        settings=OpenAILLMService.Settings(model=config.model, temperature=config.temperature,
+                                           max_tokens=config.max_tokens))
+
+
+def _fields(**values: Any) -> dict[str, Any]:
+    """The settings that were configured (None: leave the service's default)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+async def run_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
+                       hooks: CallHooks) -> str | None:
+    """Run one call's pipeline to its end (asyncio side); the error that failed it, if any.
+
+    An exception inside a processor reaches the worker as an ErrorFrame carrying it, and a
+    service that can no longer work marks itself unusable: either cancels the pipeline and
+    is returned. Cancelled from outside, Pipecat's runner cancels the pipeline and returns
+    normally; the caller (the bridge) tells that case apart.
+    """
+    worker = PipelineWorker(
+        build_pipeline(call, config, models, hooks),
+        name=f"call-{call.call_id}",
+        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE,
+                              audio_out_sample_rate=SAMPLE_RATE),
+        enable_rtvi=False, enable_turn_tracking=False, idle_timeout_secs=None,
+        cancel_timeout_secs=CANCEL_TIMEOUT, check_dangling_tasks=False,
+        processor_unusable_policy=ProcessorUnusablePolicy.CANCEL)
+    failures: list[str] = []
+
+    @worker.event_handler("on_pipeline_error")
+    async def _failed(worker: PipelineWorker, frame: ErrorFrame) -> None:
+        usable = frame.processor is None or frame.processor.is_usable
+        if frame.exception is None and usable:
+            return  # a hiccup the processor reported and got past
+        failures.append(f"{frame.processor}: {frame.error}")
+        if usable:  # an unusable one is cancelled by the worker's policy
+            await worker.cancel(reason=frame.error)
+
+    runner = WorkerRunner(handle_sigint=False, handle_sigterm=False,
+                          check_dangling_tasks=False)
+    await runner.add_workers(worker)
+    await runner.run()
+    return failures[0] if failures else None

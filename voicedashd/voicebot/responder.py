@@ -1,0 +1,142 @@
+"""The bot's turn-taking: greet, answer each final caller utterance, yield to barge-in."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndWorkerFrame,
+    Frame,
+    InterimTranscriptionFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from .host import Observe
+from .rag import KnowledgeBase
+from .turns import Conversation, TurnClock
+
+# The caller is done: the utterance ends with a goodbye, or is "that's all".
+_CLOSING = re.compile(r"(?:^|\s)(?:good\s?bye|bye)(?:\s+(?:thanks|thank you|now))?$"
+                      r"|^(?:no\s+)?that'?s all(?:\s+(?:thanks|thank you))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """What the bot says in one call, placeholders already filled in."""
+
+    greeting: str
+    fallback: str
+    farewell: str
+    system_prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPolicy:
+    """How answers are found: passages retrieved, sentences spoken, whether an LLM phrases it."""
+
+    top_k: int = 3
+    sentences: int = 2
+    use_llm: bool = False
+    barge_in: bool = True
+
+
+class Responder(FrameProcessor):
+    """Greets the caller and answers each final transcript from the knowledge base.
+
+    Without an LLM the answer is extractive (the best passage's most relevant sentences, or
+    the fallback); with one, the retrieved passages and the conversation go to the LLM as
+    its context. The answer goes downstream as an LLM-style response so the TTS service
+    speaks it sentence by sentence. A caller who starts speaking while the bot talks
+    interrupts it; a caller who says goodbye gets the farewell and the bot hangs up.
+    """
+
+    def __init__(self, *, knowledge: KnowledgeBase, wording: Wording, policy: AnswerPolicy,
+                 conversation: Conversation, turns: TurnClock, observe: Observe) -> None:
+        super().__init__(name="responder")
+        self._knowledge = knowledge
+        self._wording = wording
+        self._policy = policy
+        self._conversation = conversation
+        self._turns = turns
+        self._observe = observe
+        self._bot_speaking = False
+        self._hanging_up = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Route one frame: transcripts are answered here, the rest passes on."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            await self._say(self._wording.greeting)
+        elif isinstance(frame, InterimTranscriptionFrame):
+            self._conversation.transcript(frame.text, is_final=False)
+        elif isinstance(frame, TranscriptionFrame):
+            await self._on_final(frame.text)
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            if self._policy.barge_in and self._bot_speaking and not self._hanging_up:
+                await self.broadcast_interruption()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._turns.caller_stopped(frame.stop_secs)
+            await self.push_frame(frame, direction)
+        else:
+            if isinstance(frame, BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
+                self._bot_speaking = isinstance(frame, BotStartedSpeakingFrame)
+            await self.push_frame(frame, direction)
+
+    async def _on_final(self, text: str) -> None:
+        self._conversation.transcript(text, is_final=True)
+        latency = self._turns.transcript()
+        if latency is not None:
+            self._observe("stt", latency)
+        if self._hanging_up:
+            return
+        if self._wording.farewell and _CLOSING.search(text.strip().lower()):
+            self._hanging_up = True
+            await self._say(self._wording.farewell)
+            # Ends the pipeline once everything before it, the farewell included, is played.
+            await self.push_frame(EndWorkerFrame(reason="caller said goodbye"),
+                                  FrameDirection.UPSTREAM)
+            return
+        if self._policy.use_llm:
+            await self._ask_llm()
+            return
+        answer = self._knowledge.answer(text, sentences=self._policy.sentences)
+        await self._say(answer or self._wording.fallback)
+
+    async def _ask_llm(self) -> None:
+        question = self._conversation.messages[-1]["content"]
+        hits = self._knowledge.search(question, k=self._policy.top_k)
+        passages = "\n\n".join(f"[{h.passage.title}] {h.passage.text}" for h in hits)
+        system = (f"{self._wording.system_prompt}\n\nKnowledge passages:\n"
+                  f"{passages or '(none matched the question)'}\n\nIf the passages do not "
+                  f"answer the question, say: {self._wording.fallback}")
+        context = LLMContext([{"role": "system", "content": system},
+                              *self._conversation.recent()])  # type: ignore[list-item]
+        self._answered()
+        await self.push_frame(LLMContextFrame(context))
+
+    async def _say(self, text: str) -> None:
+        if not text.strip():
+            return
+        self._answered()
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(LLMTextFrame(text))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+    def _answered(self) -> None:
+        latency = self._turns.answer()
+        if latency is not None:
+            self._observe("answer", latency)
