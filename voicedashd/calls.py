@@ -12,9 +12,12 @@ import trio
 
 from .bus import EventBus
 from .config import Config
-from .events import CallEnded, CallInfo, CallStarted, EndReason, utc_now
+from .events import CallEnded, CallInfo, CallStarted, Dtmf, EndReason, utc_now
 from .livecfg import LiveConfig
+from .media.dtmf import DtmfDigit
 from .media.ports import PortsExhausted, RtpPortPool, RtpSockets
+from .media.sender import MediaClock
+from .media.session import discard_inbound, open_media_session, session_settings
 from .metrics import Metrics
 from .sip.callee import callee_extension, request_domain
 from .sip.endpoint import ServerTx, SipEndpoint
@@ -26,6 +29,7 @@ from .sip.transaction import Action, PassToCore, Timeout
 from .sip.transport import Peer
 from .sip.uri import InvalidUri, SipUri, TelUri, UnsupportedUriScheme, parse_uri
 from .sip.validate import allow_header
+from .voicebot import CallBot
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +98,8 @@ class CallManager:
     ports: RtpPortPool
     calls_nursery: trio.Nursery
     endpoint: SipEndpoint | None = None
+    voicebot: CallBot | None = None
+    media_clock: MediaClock = field(default_factory=MediaClock)
     stopping: bool = False
     _byes_in_flight: int = 0
     _dialogs: dict[DialogKey, Call] = field(default_factory=dict)
@@ -398,21 +404,28 @@ class CallManager:
             self._finish(call, reason, send_bye=send_bye)
 
     async def _media_loop(self, call: Call) -> None:
-        """Hold the RTP port, drain RTCP, and end the call after media.timeout of silence."""
+        """Run the call's RTP session; end the call after media.timeout without inbound RTP."""
         assert call.media is not None
-        media = call.media
-        timeout = self.live.current.media.timeout
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, media.rtcp)
-            while True:
-                with trio.move_on_after(timeout) as idle:
-                    await media.rtp.recv(2048)
-                if idle.cancelled_caught:
-                    call.end_reason = EndReason.MEDIA_TIMEOUT
-                    call.hang_up_with_bye = True
-                    log.warning("call_media_timeout", call_id=call.id, timeout=timeout)
-                    nursery.cancel_scope.cancel()
-                    return
+        config = self.live.current.media
+        bus, call_id = self.bus, call.id
+
+        def on_dtmf(key: DtmfDigit) -> None:
+            bus.emit(Dtmf, call_id, digit=key.digit, duration=key.duration)
+
+        async with open_media_session(call.media, lambda: call.answer,
+                                      session_settings(config, call.id), call_id=call.id,
+                                      clock=self.media_clock, clock_nursery=self.calls_nursery,
+                                      on_dtmf=on_dtmf) as session:
+            if self.voicebot is None:
+                await discard_inbound(session)
+            else:  # returns only if the bot hung up; raises if it failed
+                await self.voicebot.run(call.info, session, self.bus)
+                call.end_reason = call.end_reason or EndReason.BOT_HANGUP
+                call.hang_up_with_bye = True
+        if session.timed_out:
+            call.end_reason = EndReason.MEDIA_TIMEOUT
+            call.hang_up_with_bye = True
+            log.warning("call_media_timeout", call_id=call.id, timeout=config.timeout)
 
     async def _send_bye(self, call: Call) -> None:
         """Send BYE in the dialog and wait briefly for its answer."""
@@ -459,11 +472,6 @@ def advertised_host(config: Config) -> str:
     if sip.listen.host in ("0.0.0.0", "::"):
         return config.media.address
     return sip.listen.host
-
-
-async def _drain(sock: trio.socket.SocketType) -> None:
-    while True:
-        await sock.recv(2048)
 
 
 def _new_tag() -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
+import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -134,11 +138,20 @@ class SipConfig(_Section):
 
 
 class MediaConfig(_Section):
-    """[media]: RTP address and ports."""
+    """[media]: RTP address and ports, media timeout, jitter buffer, optional recording."""
 
     address: str = "127.0.0.1"
     rtp_ports: Annotated[tuple[int, int], BeforeValidator(parse_port_range)] = (20000, 20999)
     timeout: Duration = 30.0
+    jitter_buffer: Duration = 0.06
+    record_dir: Path | None = None
+
+    @field_validator("jitter_buffer")
+    @classmethod
+    def _jitter_buffer(cls, value: float) -> float:
+        if not 0.02 <= value <= 0.2:
+            raise ValueError(f'must be between "20ms" and "200ms", got {value * 1000:g}ms')
+        return value
 
     @field_validator("address")
     @classmethod
@@ -165,12 +178,61 @@ class ApiConfig(_Section):
         return self
 
 
+def normalize_origin(value: str) -> str:
+    """Return an origin as browsers send it: lower-case scheme://host[:port], no default port."""
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'expected an origin such as "https://dash.example.com", got {value!r}')
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"an origin is scheme://host[:port] only, got {value!r}")
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"port of origin {value!r} must be 1-65535") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
 class HubConfig(_Section):
     """[hub]: the live-event WebSocket server."""
 
     listen: Listen
     origins: tuple[str, ...] = ()
     max_subscriptions: int = Field(default=10, ge=1, le=1000)
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    max_message_size: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    rate_limit: float = Field(default=20.0, gt=0, le=10_000)
+    rate_burst: int = Field(default=40, ge=1, le=100_000)
+    ping_interval: Duration = Field(default=20.0, gt=0)
+    ping_timeout: Duration = Field(default=10.0, gt=0)
+    send_buffer: int = Field(default=262144, ge=0, le=64 * 1024 * 1024)
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.query \
+                or parts.fragment or parts.username or not re.fullmatch(r"[\w.:\[\]-]+",
+                                                                      parts.netloc):
+            raise ValueError('expected the WebSocket URL browsers use, such as '
+                             f'"wss://dash.example.com/ws", got {value!r}')
+        return value.strip()
+
+    @field_validator("origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError('expected a list of origins such as ["https://dash.example.com"]')
+        return tuple(normalize_origin(v) for v in value)
 
 
 class StoreConfig(_Section):
@@ -226,6 +288,161 @@ class UserConfig(_Section):
         return value
 
 
+_PLACEHOLDERS = frozenset({"extension", "tenant", "caller"})
+DEFAULT_GREETING = ("Hello, you have reached extension {extension}. I am an automated assistant. "
+                    "How can I help you?")
+DEFAULT_FALLBACK = ("Sorry, I don't know the answer to that. I'll pass your message on to "
+                    "extension {extension}.")
+DEFAULT_FAREWELL = "Thank you for calling. Goodbye."
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the telephone assistant of extension {extension}. Answer the caller in one or two "
+    "short spoken sentences, using only the knowledge passages given. If they do not contain "
+    "the answer, say you will pass the message on to extension {extension}. No lists, no "
+    "markdown.")
+
+
+def check_template(value: str) -> str:
+    """Accept text whose {placeholders} are only extension, tenant and caller."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder syntax: {exc}") from None
+    unknown = fields - _PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{extension}}, "
+                         "{tenant} or {caller}")
+    return value
+
+
+Template = Annotated[str, AfterValidator(check_template)]
+# Which Python module each non-default engine needs (find_spec only: pipecat is not imported).
+ENGINE_MODULES = {
+    ("stt", "deepgram"): ("deepgram", "pipecat-ai[deepgram]"),
+    ("stt", "whisper"): ("faster_whisper", "pipecat-ai[whisper]"),
+    ("stt", "openai"): ("openai", "pipecat-ai"),
+    ("tts", "cartesia"): ("websockets", "pipecat-ai[cartesia]"),
+    ("tts", "openai"): ("openai", "pipecat-ai"),
+    ("tts", "deepgram"): ("deepgram", "pipecat-ai[deepgram]"),
+    ("llm", "openai"): ("openai", "pipecat-ai"),
+}
+
+
+class _EngineSection(_Section):
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SttConfig(_EngineSection):
+    """[voicebot.stt]: speech recognition; pocketsphinx runs offline with no key."""
+
+    engine: Literal["pocketsphinx", "deepgram", "openai", "whisper"] = "pocketsphinx"
+    language: str = "en"
+
+
+class TtsConfig(_EngineSection):
+    """[voicebot.tts]: speech synthesis; espeak-ng runs offline with no key."""
+
+    engine: Literal["espeak", "cartesia", "openai", "deepgram"] = "espeak"
+    voice: str | None = None
+    speed: int = Field(default=170, ge=80, le=450)
+
+
+class LlmConfig(_EngineSection):
+    """[voicebot.llm]: answer generation; "none" answers from the knowledge extractively."""
+
+    engine: Literal["none", "openai"] = "none"
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    max_tokens: int = Field(default=150, ge=16, le=4096)
+
+    @model_validator(mode="after")
+    def _model_named(self) -> LlmConfig:
+        if self.engine != "none" and not self.model:
+            raise ValueError("model: required when engine is not \"none\"")
+        return self
+
+
+class VoicebotOverride(_Section):
+    """[[voicebot.overrides]]: knowledge and wording for one tenant, or one of its extensions."""
+
+    tenant: str
+    extension: str | None = None
+    knowledge: Path | None = None
+    greeting: Template | None = None
+    fallback: Template | None = None
+    farewell: Template | None = None
+    system_prompt: Template | None = None
+
+
+class VoicebotConfig(_Section):
+    """[voicebot]: the AI voice bot that answers every call."""
+
+    knowledge: Path | None = None
+    greeting: Template = DEFAULT_GREETING
+    fallback: Template = DEFAULT_FALLBACK
+    farewell: Template = DEFAULT_FAREWELL
+    system_prompt: Template = DEFAULT_SYSTEM_PROMPT
+    top_k: int = Field(default=3, ge=1, le=20)
+    answer_sentences: int = Field(default=2, ge=1, le=10)
+    vad_stop: Duration = Field(default=0.3, ge=0.1, le=3.0)
+    barge_in: bool = True
+    processors: tuple[str, ...] = ()
+    stt: SttConfig = SttConfig()
+    tts: TtsConfig = TtsConfig()
+    llm: LlmConfig = LlmConfig()
+    overrides: tuple[VoicebotOverride, ...] = ()
+
+    @field_validator("processors")
+    @classmethod
+    def _processor_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in value:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
+                raise ValueError(f'expected "package.module:factory", got {ref!r}')
+        return value
+
+    def for_call(self, tenant: str, extension: str) -> VoicebotOverride:
+        """The knowledge and wording in force for a call: extension, else tenant, else global."""
+        chosen = VoicebotOverride(tenant=tenant, extension=extension)
+        matches = [o for o in self.overrides if o.tenant == tenant
+                   and o.extension in (None, extension)]
+        matches.sort(key=lambda o: o.extension is not None)  # the extension's own wins
+        merged = {"knowledge": self.knowledge, "greeting": self.greeting,
+                  "fallback": self.fallback, "farewell": self.farewell,
+                  "system_prompt": self.system_prompt}
+        for override in matches:
+            merged |= {k: v for k in merged if (v := getattr(override, k)) is not None}
+        return chosen.model_copy(update=merged)
+
+    def knowledge_paths(self) -> list[Path]:
+        """Every knowledge folder the config names (global and overrides), once each."""
+        paths = [self.knowledge, *(o.knowledge for o in self.overrides)]
+        return list(dict.fromkeys(p for p in paths if p is not None))
+
+
+def _check_voicebot(voicebot: VoicebotConfig, environ: Mapping[str, str],
+                    tenants: list[str]) -> list[str]:
+    """Problems a running bot would hit: missing folders, modules, API keys, tenants."""
+    problems = []
+    for path in voicebot.knowledge_paths():
+        if not path.is_dir():
+            problems.append(f"voicebot.knowledge: {path} is not a directory")
+    for index, override in enumerate(voicebot.overrides):
+        if override.tenant not in tenants:
+            problems.append(f"voicebot.overrides[{index}].tenant: no tenant named "
+                            f"{override.tenant!r}")
+    for section in ("stt", "tts", "llm"):
+        engine_config = getattr(voicebot, section)
+        needed = ENGINE_MODULES.get((section, engine_config.engine))
+        if needed and importlib.util.find_spec(needed[0]) is None:
+            problems.append(f"voicebot.{section}.engine: {engine_config.engine} needs "
+                            f"`pip install {needed[1]}`")
+        env = engine_config.api_key_env
+        if env and not environ.get(env):
+            problems.append(f"voicebot.{section}.api_key_env: environment variable {env} "
+                            "is not set")
+    return problems
+
+
 class _FileModel(_Section):
     sip: SipConfig
     media: MediaConfig = MediaConfig()
@@ -237,6 +454,7 @@ class _FileModel(_Section):
     log: LogConfig = LogConfig()
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
     users: tuple[UserConfig, ...] = ()
+    voicebot: VoicebotConfig = VoicebotConfig()
 
     @model_validator(mode="after")
     def _references(self) -> _FileModel:
@@ -275,6 +493,7 @@ class Config:
     tenants: tuple[TenantConfig, ...]
     users: tuple[UserConfig, ...]
     jwt_secret: bytes
+    voicebot: VoicebotConfig = field(default_factory=VoicebotConfig)
 
     def __repr__(self) -> str:
         return f"Config(path={str(self.path)!r})"
@@ -372,14 +591,19 @@ def parse_config(
     auth = model.auth.model_copy(
         update={"jwt_secret_file": _resolve(base, model.auth.jwt_secret_file)}
     )
+    media = model.media.model_copy(update={"record_dir": _resolve(base, model.media.record_dir)})
     api = model.api.model_copy(
         update={"tls_cert": _resolve(base, model.api.tls_cert),
                 "tls_key": _resolve(base, model.api.tls_key)}
     )
+    voicebot = _resolve_voicebot(base, model.voicebot)
+    problems = _check_voicebot(voicebot, environ, [t.name for t in model.tenants])
+    if problems:
+        raise ConfigError(problems)
     return Config(
         path=path,
         sip=model.sip,
-        media=model.media,
+        media=media,
         api=api,
         hub=model.hub,
         store=store,
@@ -389,7 +613,15 @@ def parse_config(
         tenants=model.tenants,
         users=model.users,
         jwt_secret=_load_secret(auth, environ),
+        voicebot=voicebot,
     )
+
+
+def _resolve_voicebot(base: Path, voicebot: VoicebotConfig) -> VoicebotConfig:
+    overrides = tuple(o.model_copy(update={"knowledge": _resolve(base, o.knowledge)})
+                      for o in voicebot.overrides)
+    return voicebot.model_copy(update={"knowledge": _resolve(base, voicebot.knowledge),
+                                       "overrides": overrides})
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -403,8 +635,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, path=path, environ=environ)
 
 
-RESTART_KEYS = ("sip.listen", "media.address", "media.rtp_ports", "api.listen", "api.tls_cert",
-                "api.tls_key", "hub.listen", "store.path")
+RESTART_KEYS = ("sip.listen", "media.address", "media.rtp_ports", "media.jitter_buffer",
+                "media.record_dir", "api.listen", "api.tls_cert",
+                "api.tls_key", "hub.listen", "hub.max_message_size", "hub.send_buffer",
+                "store.path")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:

@@ -23,6 +23,7 @@ from .readiness import Readiness
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
 from .sip.serve import serve_sip
 from .store import open_store
+from .voicebot.bridge import serve_voicebot
 
 log = structlog.get_logger(__name__)
 
@@ -82,14 +83,15 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_writer)
                 bus = EventBus(store, metrics)
-                calls = await nursery.start(serve_sip, live, bus, metrics)
+                voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
+                calls = await nursery.start(serve_sip, live, bus, metrics, voicebot)
                 readiness.mark_up("sip")
                 authenticator = Authenticator(live, store)
                 api_deps = ApiDeps(live=live, store=store, metrics=metrics, readiness=readiness,
                                    auth=authenticator, bus=bus, calls=calls)
                 await nursery.start(serve_api, api_deps, http_shutdown)
                 readiness.mark_up("api")
-                await nursery.start(serve_hub, config.hub)
+                await nursery.start(serve_hub, live, bus, authenticator, store, metrics)
                 readiness.mark_up("hub")
 
                 await notifier.ready()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -131,3 +133,51 @@ class TtsCompleted(CallEvent):
     """The bot finished saying what it started."""
 
     name: ClassVar[str] = "tts_completed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dtmf(CallEvent):
+    """The caller pressed a key (an RFC 4733 telephone-event); duration in seconds."""
+
+    name: ClassVar[str] = "dtmf"
+    digit: str
+    duration: float
+
+
+def event_types() -> dict[str, type[CallEvent]]:
+    """Return every concrete event class (also those defined outside this module) by name."""
+    found: dict[str, type[CallEvent]] = {}
+    pending: list[type[CallEvent]] = [CallEvent]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            found[sub.name] = sub
+            pending.append(sub)
+    return found
+
+
+def event_from_record(call_id: str, seq: int, name: str, ts: str,
+                      data: dict[str, Any]) -> CallEvent:
+    """Rebuild a typed event from its stored form (inverse of `data()`); ValueError if unknown."""
+    cls = event_types().get(name)
+    if cls is None:
+        raise ValueError(f"unknown event name {name!r}")
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("call_id", "seq", "ts") or f.name not in data:
+            continue
+        fields[f.name] = _from_json(hints[f.name], data[f.name])
+    return cls(call_id=call_id, seq=seq, ts=datetime.fromisoformat(ts), **fields)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is datetime:
+            return datetime.fromisoformat(value)
+        if isinstance(option, type) and issubclass(option, enum.Enum):
+            return option(value)
+    return value

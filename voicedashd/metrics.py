@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+def count_trio_tasks() -> float:
+    """Tasks in the running Trio task tree (NaN outside Trio)."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return float("nan")
+    count, pending = 0, [root] if root is not None else []
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return float(count)
 
 
 def _registry() -> CollectorRegistry:
@@ -38,6 +54,24 @@ class Metrics:
         self.reloads = Counter(
             "voicedashd_config_reloads", "Configuration reloads, by outcome", ["outcome"],
             registry=r)
+        self.voicebot_pipelines = Gauge(
+            "voicedashd_voicebot_pipelines", "Voice bot pipelines running", registry=r)
+        self.voicebot_errors = Counter(
+            "voicedashd_voicebot_pipeline_errors",
+            "Voice bot pipelines that failed (the call ended with reason error)", registry=r)
+        self.voicebot_latency = Histogram(
+            "voicedashd_voicebot_latency_seconds",
+            "Voice bot latencies by stage: stt (caller stopped -> final transcript), answer "
+            "(transcript -> answer text), tts (text -> audio), response (caller stopped -> "
+            "first bot audio)", ["stage"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0),
+            registry=r)
+        self.asyncio_tasks = Gauge(
+            "voicedashd_asyncio_tasks", "Tasks on the asyncio loop that hosts the pipelines",
+            registry=r)
+        self.trio_tasks = Gauge("voicedashd_trio_tasks", "Trio tasks alive in the daemon",
+                                registry=r)
+        self.trio_tasks.set_function(count_trio_tasks)
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every metric."""

@@ -24,7 +24,7 @@ from werkzeug.exceptions import (
 from .. import __version__
 from ..config import HostPort
 from ..errors import ListenerError
-from . import auth_routes, calls_routes, health
+from . import auth_routes, calls_routes, health, page
 from .body import MAX_BODY_BYTES, install_body_reader
 from .cors import install_cors
 from .deps import EXTENSION_KEY, ApiDeps
@@ -67,6 +67,7 @@ def create_app(api_deps: ApiDeps) -> QuartTrio:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(auth_routes.blueprint)
     app.register_blueprint(calls_routes.blueprint)
+    app.register_blueprint(page.create_blueprint())
     return app
 
 
