@@ -10,6 +10,18 @@ from .g711 import Pcm
 _EMPTY = np.zeros(0, dtype=np.int16)
 
 
+def _open_stream(in_rate: int, out_rate: int) -> soxr.ResampleStream:
+    """The lowest-delay soxr stream this soxr offers.
+
+    Pipecat pins soxr ~= 1.0.0, whose ResampleStream has no variable-rate engine (vr, soxr
+    1.1); there the "quick" quality is the setting that still returns output every 20 ms.
+    """
+    try:
+        return soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ", vr=True)
+    except TypeError:
+        return soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="QQ")
+
+
 class Resampler:
     """Converts a continuous 16-bit mono stream chunk by chunk, keeping the filter state.
 
@@ -27,8 +39,8 @@ class Resampler:
 
     def reset(self) -> None:
         """Forget the stream so far (after a flush or a new source)."""
-        self._stream = None if self.in_rate == self.out_rate else soxr.ResampleStream(
-            self.in_rate, self.out_rate, 1, dtype="int16", quality="HQ", vr=True)
+        self._stream = None if self.in_rate == self.out_rate else _open_stream(
+            self.in_rate, self.out_rate)
 
     def process(self, pcm: Pcm, *, last: bool = False) -> Pcm:
         """Resample the next chunk; last=True also returns the filter's tail and resets."""
