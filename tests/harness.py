@@ -201,6 +201,16 @@ class RunningDaemon:
                         return line
                 await self._changed.wait()
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Every log line with this event name so far."""
+        return [line for line in self.logs if line.get("event") == name]
+
+    async def wait_for_count(self, name: str, count: int, timeout: float = 30) -> None:
+        """Wait until count log lines with this event name have been seen."""
+        with trio.fail_after(timeout):
+            while len(self.events(name)) < count:
+                await self._changed.wait()
+
     async def wait_for_log_text(self, text: str, timeout: float = 10) -> str:
         """Wait for a stderr line (JSON or not) containing text."""
         with trio.fail_after(timeout):

@@ -23,7 +23,7 @@ import pytest
 import soxr
 import trio
 
-from tests.harness import DaemonConfig, RunningDaemon, free_even_port_range, make_config, run_daemon
+from tests.harness import DaemonConfig, free_even_port_range, make_config, run_daemon
 from tests.sipp import RawSipPeer, run_sipp, to_tag
 from voicedashd.media.dtmf import DtmfDigit
 from voicedashd.media.g711 import PCMU
@@ -91,16 +91,6 @@ def _config(tmp_path: Path, media: str = "", rtp_ports: tuple[int, int] | None =
     return config
 
 
-def _events(daemon: RunningDaemon, name: str) -> list[dict[str, object]]:
-    return [line for line in daemon.logs if line.get("event") == name]
-
-
-async def _wait_count(daemon: RunningDaemon, name: str, count: int, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
-        while len(_events(daemon, name)) < count:
-            await daemon._changed.wait()
-
-
 def best_correlation(signal: np.ndarray, reference: np.ndarray, max_lag: int) -> float:
     """Normalised cross-correlation of two signals at the lag (± max_lag samples) that fits best."""
     n = min(len(signal), len(reference)) - max_lag
@@ -152,7 +142,7 @@ async def test_dtmf_from_sipp_arrives_once_per_key(tmp_path: Path, speech: Speec
         assert result.ok, result.errors
         ended = await daemon.wait_for_log("call_ended")
         assert ended["reason"] == "caller_hangup"
-    dtmf = _events(daemon, "dtmf")
+    dtmf = daemon.events("dtmf")
     assert [e["digit"] for e in dtmf] == ["1", "2", "3"], dtmf
     assert all(e["duration"] == pytest.approx(0.2) for e in dtmf), dtmf
     assert all(e["call_id"] == ended["call_id"] for e in dtmf)
@@ -171,17 +161,17 @@ async def test_silent_peer_ends_with_media_timeout_and_the_port_is_reused(
         result = await run_sipp(config.sip_port, tmp_path, scenario="media_stops", calls=3,
                                 extra=("-l", "1"))
         assert result.ok, result.errors
-        await _wait_count(daemon, "call_ended", 3)
-        await _wait_count(daemon, "sip_bye_sent", 3)
-    ended = _events(daemon, "call_ended")
+        await daemon.wait_for_count("call_ended", 3)
+        await daemon.wait_for_count("sip_bye_sent", 3)
+    ended = daemon.events("call_ended")
     assert [e["reason"] for e in ended] == ["media_timeout"] * 3
     # the timeout runs from the last packet, not from the start of the call
     assert all(float(str(e["duration"])) >= 1.4 for e in ended), ended
-    assert [e["status"] for e in _events(daemon, "sip_bye_sent")] == [200] * 3
-    sessions = _events(daemon, "media_session_started")
+    assert [e["status"] for e in daemon.events("sip_bye_sent")] == [200] * 3
+    sessions = daemon.events("media_session_started")
     ports = [s["port"] for s in sessions]
     assert len(ports) == 3 and ports[0] != ports[1] and ports[2] == ports[0], ports
-    assert all(e["rtp_in"] >= 25 and e["timed_out"] for e in _events(daemon, "media_session_ended"))
+    assert all(e["rtp_in"] >= 25 and e["timed_out"] for e in daemon.events("media_session_ended"))
 
 
 # -- the daemon's outbound stream, measured on a loopback socket ---------------------------

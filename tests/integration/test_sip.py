@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.harness import DaemonConfig, RunningDaemon, make_config, run_daemon
+from tests.harness import DaemonConfig, make_config, run_daemon
 from tests.sipp import RawSipPeer, SippResult, header, run_sipp, to_tag
 
 
@@ -28,24 +28,14 @@ def _config(tmp_path: Path, *, sip: str = "", media: str = "") -> DaemonConfig:
     return config
 
 
-def _events(daemon: RunningDaemon, name: str) -> list[dict[str, object]]:
-    return [line for line in daemon.logs if line.get("event") == name]
-
-
-async def _wait_count(daemon: RunningDaemon, name: str, count: int, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
-        while len(_events(daemon, name)) < count:
-            await daemon._changed.wait()
-
-
 async def test_500_calls_at_50_per_second_all_succeed(tmp_path: Path) -> None:
     config = _config(tmp_path)
     async with run_daemon(config.path) as daemon:
         result = await run_sipp(config.sip_port, tmp_path, calls=500, rate=50, timeout=90)
         assert result.ok, result.errors
-        await _wait_count(daemon, "call_ended", 500)
-        assert len(_events(daemon, "call_started")) == 500
-        reasons = {e["reason"] for e in _events(daemon, "call_ended")}
+        await daemon.wait_for_count("call_ended", 500)
+        assert len(daemon.events("call_started")) == 500
+        reasons = {e["reason"] for e in daemon.events("call_ended")}
         assert reasons == {"caller_hangup"}
         async with httpx.AsyncClient(base_url=config.api_url) as http:
             metrics = (await http.get("/metrics")).text
@@ -58,7 +48,7 @@ async def test_calls_over_tcp(tmp_path: Path) -> None:
     async with run_daemon(config.path) as daemon:
         result = await run_sipp(config.sip_port, tmp_path, calls=20, rate=20, transport="t1")
         assert result.ok, result.errors
-        await _wait_count(daemon, "call_ended", 20)
+        await daemon.wait_for_count("call_ended", 20)
 
 
 async def test_packet_loss_is_recovered_by_retransmission(tmp_path: Path) -> None:
@@ -69,11 +59,11 @@ async def test_packet_loss_is_recovered_by_retransmission(tmp_path: Path) -> Non
         assert result.ok, result.errors
         # Now and then (about one run in six) sipp leaves one dialog without an ACK or a BYE we
         # can match; the daemon then ends it by timer H (ack_timeout, 32 s) — not yet explained.
-        await _wait_count(daemon, "call_ended", 60, timeout=50)
-        reasons = [e["reason"] for e in _events(daemon, "call_ended")]
+        await daemon.wait_for_count("call_ended", 60, timeout=50)
+        reasons = [e["reason"] for e in daemon.events("call_ended")]
         assert set(reasons) <= {"caller_hangup", "ack_timeout"}, reasons
         assert reasons.count("caller_hangup") >= 55, reasons
-        assert len(_events(daemon, "call_started")) >= 40
+        assert len(daemon.events("call_started")) >= 40
 
 
 async def test_cancel_while_ringing_gets_487(tmp_path: Path) -> None:
@@ -83,7 +73,7 @@ async def test_cancel_while_ringing_gets_487(tmp_path: Path) -> None:
         assert result.ok, result.errors
         ended = await daemon.wait_for_log("call_ended")
         assert ended["reason"] == "cancelled"
-        assert not _events(daemon, "call_started")
+        assert not daemon.events("call_started")
 
 
 async def test_daemon_hangs_up_a_silent_call_with_bye(tmp_path: Path) -> None:
@@ -129,7 +119,7 @@ async def test_untrusted_source_gets_403_and_no_call(tmp_path: Path) -> None:
                                 local_ip="127.0.0.2")
         assert result.ok, result.errors
         await daemon.wait_for_log("sip_invite_untrusted", peer="127.0.0.2")
-        assert not _events(daemon, "call_ringing")
+        assert not daemon.events("call_ringing")
 
 
 async def test_retransmitted_invite_and_lost_ack(tmp_path: Path) -> None:
@@ -157,7 +147,7 @@ async def test_retransmitted_invite_and_lost_ack(tmp_path: Path) -> None:
         assert header(ok, "CSeq") == "2 BYE"
         ended = await daemon.wait_for_log("call_ended")
         assert ended["reason"] == "caller_hangup"
-        assert len(_events(daemon, "call_ringing")) == 1
+        assert len(daemon.events("call_ringing")) == 1
 
 
 async def test_bye_for_unknown_dialog_gets_481(tmp_path: Path) -> None:
@@ -243,12 +233,12 @@ async def test_sigterm_hangs_up_every_call_with_bye(tmp_path: Path) -> None:
             done.set()
 
         nursery.start_soon(place_calls)
-        await _wait_count(daemon, "call_started", 3)
+        await daemon.wait_for_count("call_started", 3)
         daemon.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             await daemon.process.wait()
         assert daemon.process.returncode == 0, daemon.dump()
-        reasons = [e["reason"] for e in _events(daemon, "call_ended")]
+        reasons = [e["reason"] for e in daemon.events("call_ended")]
         assert reasons == ["shutdown"] * 3
         with trio.fail_after(30):
             await done.wait()
