@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import trio_asyncio  # noqa: F401 - before Pipecat, see voicedashd/voicebot/__init__.py
 from pipecat.frames.frames import Frame, VADUserStartedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
