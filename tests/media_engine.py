@@ -25,7 +25,7 @@ from voicedashd.sip.sdp import Answer
 async def main(peer_port: int) -> None:
     """Run the session until stdin reaches end of file."""
     pool = RtpPortPool("127.0.0.1", *free_even_port_range())
-    media = await pool.allocate()
+    media = pool.allocate()
     answer = Answer(body=b"", codec="PCMU", payload_type=0, clock_rate=8000,
                     dtmf_payload_type=101, ptime=20, direction="sendrecv",
                     remote_address="127.0.0.1", remote_port=peer_port, on_hold=False)

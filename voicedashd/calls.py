@@ -24,7 +24,14 @@ from .sip.endpoint import ServerTx, SipEndpoint
 from .sip.fields import InvalidHeader, NameAddr, parse_cseq, parse_name_addr, split_header_values
 from .sip.message import Headers, Request, Response
 from .sip.parser import make_response
-from .sip.sdp import Answer, NoCommonCodec, SdpError, build_answer, parse_sdp
+from .sip.sdp import (
+    Answer,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    build_answer,
+    parse_sdp,
+)
 from .sip.transaction import Action, PassToCore, Timeout
 from .sip.transport import Peer
 from .sip.uri import InvalidUri, SipUri, TelUri, UnsupportedUriScheme, parse_uri
@@ -125,25 +132,25 @@ class CallManager:
 
     # -- the endpoint's Core protocol ----------------------------------------------------
 
-    async def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+    def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
         """Answer a new request that opened a server transaction."""
         method = request.method
         if method == "INVITE":
             if _tag(request.headers.get("To")):
-                await self._reinvite(request, tx)
+                self._reinvite(request, tx)
             else:
-                await self._invite(request, peer, tx)
+                self._invite(request, peer, tx)
         elif method == "BYE":
-            await self._bye(request, tx)
+            self._bye(request, tx)
         elif method == "CANCEL":
-            await self._cancel(request, tx)
+            self._cancel(request, tx)
         elif method == "OPTIONS":
-            await tx.respond(make_response(
+            tx.respond(make_response(
                 request, 200, "OK", to_tag=_new_tag(),
                 headers=[allow_header(), ("Accept", "application/sdp"), self._server_header()]))
         else:
-            await tx.respond(make_response(request, 405, "Method Not Allowed",
-                                           to_tag=_new_tag(), headers=[allow_header()]))
+            tx.respond(make_response(request, 405, "Method Not Allowed",
+                                     to_tag=_new_tag(), headers=[allow_header()]))
 
     def handle_ack(self, ack: Request, peer: Peer) -> None:
         """An ACK for our 2xx confirms the dialog; stray ACKs are dropped (never answered)."""
@@ -151,7 +158,7 @@ class CallManager:
         if call is not None and call.state is CallState.ANSWERED:
             self._confirm(call)
 
-    async def transaction_action(self, request: Request, action: Action) -> None:
+    def transaction_action(self, request: Request, action: Action) -> None:
         """React to the INVITE transaction: the ACK arrived, or it never did."""
         if request.method != "INVITE":
             return
@@ -175,72 +182,80 @@ class CallManager:
         suffix = ";transport=tcp" if peer.reliable else ""
         return f"<sip:{advertised_host(config)}:{config.sip.listen.port}{suffix}>"
 
-    async def _invite(self, request: Request, peer: Peer, tx: ServerTx) -> None:
-        await tx.respond(make_response(request, 100, "Trying"))
+    def _invite(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+        tx.respond(make_response(request, 100, "Trying"))
         config = self.live.current
         if not config.sip.is_trusted(peer.host):
             log.warning("sip_invite_untrusted", peer=peer.host)
-            await tx.respond(make_response(request, 403, "Forbidden - source not trusted",
-                                           to_tag=_new_tag()))
+            tx.respond(make_response(request, 403, "Forbidden - source not trusted",
+                                     to_tag=_new_tag()))
             return
         if self.stopping:
-            await tx.respond(make_response(request, 503, "Service Unavailable - shutting down",
-                                           to_tag=_new_tag(),
-                                           headers=[("Retry-After", RETRY_AFTER_STOPPING)]))
+            tx.respond(make_response(request, 503, "Service Unavailable - shutting down",
+                                     to_tag=_new_tag(),
+                                     headers=[("Retry-After", RETRY_AFTER_STOPPING)]))
             return
         if _invite_id(request) in self._invites:
             # RFC 3261 §8.2.2.2: the same INVITE by another path (new branch) is a merged request.
-            await tx.respond(make_response(request, 482, "Loop Detected", to_tag=_new_tag()))
+            tx.respond(make_response(request, 482, "Loop Detected", to_tag=_new_tag()))
             return
         try:
             offer = parse_sdp(request.body)
         except SdpError as exc:
-            await tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
-                                           to_tag=_new_tag()))
+            tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
+                                     to_tag=_new_tag()))
             return
         call = self._new_call(request, peer, tx)
         if call is None:
-            await tx.respond(make_response(request, 400, "Bad Request - unusable From/To/Contact",
-                                           to_tag=_new_tag()))
+            tx.respond(make_response(request, 400, "Bad Request - unusable From/To/Contact",
+                                     to_tag=_new_tag()))
             return
         # The answer is built before anything is allocated: no common codec costs nothing.
         try:
             build_answer(offer, address=self.ports.address, port=9,
                          session_id=call.session_id, session_version=call.session_version)
         except NoCommonCodec:
-            await tx.respond(make_response(request, 488, "Not Acceptable Here - no common codec",
-                                           to_tag=call.local_tag,
-                                           headers=[("Warning", '304 voicedashd "PCMU or PCMA"')]))
+            tx.respond(make_response(request, 488, "Not Acceptable Here - no common codec",
+                                     to_tag=call.local_tag,
+                                     headers=[("Warning", '304 voicedashd "PCMU or PCMA"')]))
             return
         except SdpError as exc:
-            await tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
-                                           to_tag=call.local_tag))
+            tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
+                                     to_tag=call.local_tag))
             return
         self._register(call)
-        await tx.respond(make_response(request, 180, "Ringing", to_tag=call.local_tag,
-                                       headers=[("Contact", self._contact(peer))]))
+        tx.respond(make_response(request, 180, "Ringing", to_tag=call.local_tag,
+                                 headers=[("Contact", self._contact(peer))]))
         try:
-            media = await self.ports.allocate()
+            call.media = self.ports.allocate()
         except PortsExhausted:
             log.error("rtp_ports_exhausted", call_id=call.id)
-            await tx.respond(make_response(request, 503, "Service Unavailable - no RTP ports",
-                                           to_tag=call.local_tag))
+            tx.respond(make_response(request, 503, "Service Unavailable - no RTP ports",
+                                     to_tag=call.local_tag))
             self._finish(call, EndReason.ERROR, send_bye=False)
             return
-        if call.state is not CallState.RINGING:  # cancelled while ports were being bound
-            self.ports.release(media)
-            return
-        call.media = media
         if config.sip.answer_delay:
-            with trio.move_on_after(config.sip.answer_delay):
-                await call.ended.wait()
-            if call.state is not CallState.RINGING:
-                return
-        call.answer = build_answer(offer, address=media.address, port=media.port,
+            self.endpoint_nursery.start_soon(self._answer_later, call, offer, peer,
+                                             config.sip.answer_delay)
+        else:
+            self._answer(call, offer, peer)
+
+    async def _answer_later(self, call: Call, offer: SessionDescription, peer: Peer,
+                            delay: float) -> None:
+        """Let the call ring for `delay` (sip.answer_delay) unless it ends first, then answer."""
+        with trio.move_on_after(delay):
+            await call.ended.wait()
+        if call.state is CallState.RINGING:
+            self._answer(call, offer, peer)
+
+    def _answer(self, call: Call, offer: SessionDescription, peer: Peer) -> None:
+        """Send the 200 with our SDP answer; the ACK will confirm the call."""
+        assert call.media is not None
+        call.answer = build_answer(offer, address=call.media.address, port=call.media.port,
                                    session_id=call.session_id,
                                    session_version=call.session_version)
         call.state = CallState.ANSWERED
-        await tx.respond(self._ok_with_answer(request, call, peer))
+        call.invite.respond(self._ok_with_answer(call.invite.request, call, peer))
 
     def _ok_with_answer(self, request: Request, call: Call, peer: Peer) -> Response:
         assert call.answer is not None
@@ -303,11 +318,11 @@ class CallManager:
                       started_at=call.started_at)
         self.calls_nursery.start_soon(self._run_call, call)
 
-    async def _reinvite(self, request: Request, tx: ServerTx) -> None:
-        await tx.respond(make_response(request, 100, "Trying"))
+    def _reinvite(self, request: Request, tx: ServerTx) -> None:
+        tx.respond(make_response(request, 100, "Trying"))
         call = self._dialogs.get(_dialog_key(request))
         if call is None or call.state is not CallState.CONFIRMED or call.media is None:
-            await tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
             return
         if request.body:
             try:
@@ -321,33 +336,33 @@ class CallManager:
                                           port=call.media.port, session_id=call.session_id,
                                           session_version=call.session_version)
             except SdpError as exc:
-                await tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}"))
+                tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}"))
                 return
             call.answer = answer
             log.info("call_media_updated", call_id=call.id, on_hold=answer.on_hold,
                      progress="realtime")
-        await tx.respond(self._ok_with_answer(request, call, call.peer))
+        tx.respond(self._ok_with_answer(request, call, call.peer))
 
     # -- ending --------------------------------------------------------------------------
 
-    async def _bye(self, request: Request, tx: ServerTx) -> None:
+    def _bye(self, request: Request, tx: ServerTx) -> None:
         call = self._dialogs.get(_dialog_key(request))
         if call is None or call.state is CallState.ENDED:
-            await tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
             return
-        await tx.respond(make_response(request, 200, "OK"))
+        tx.respond(make_response(request, 200, "OK"))
         self.hang_up(call, EndReason.CALLER_HANGUP, send_bye=False)
 
-    async def _cancel(self, request: Request, tx: ServerTx) -> None:
+    def _cancel(self, request: Request, tx: ServerTx) -> None:
         call = self._invites.get(_invite_id(request))
         if call is None:
-            await tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
+            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
             return
         # RFC 3261 §9.2: a CANCEL for an INVITE already answered gets 200 and has no effect.
-        await tx.respond(make_response(request, 200, "OK", to_tag=call.local_tag))
+        tx.respond(make_response(request, 200, "OK", to_tag=call.local_tag))
         if call.state is CallState.RINGING:
-            await call.invite.respond(make_response(call.invite.request, 487,
-                                                    "Request Terminated", to_tag=call.local_tag))
+            call.invite.respond(make_response(call.invite.request, 487,
+                                              "Request Terminated", to_tag=call.local_tag))
             self._finish(call, EndReason.CANCELLED, send_bye=False)
 
     def hang_up(self, call: Call, reason: EndReason, *, send_bye: bool) -> None:
@@ -370,8 +385,8 @@ class CallManager:
             self.ports.release(call.media)
             call.media = None
         if call.invite.final_status is None:
-            self.endpoint_nursery.start_soon(call.invite.respond, make_response(
-                call.invite.request, 503, "Service Unavailable", to_tag=call.local_tag))
+            call.invite.respond(make_response(call.invite.request, 503, "Service Unavailable",
+                                              to_tag=call.local_tag))
         self._invites.pop(_invite_id(call.invite.request), None)
         self._dialogs.pop(call.dialog_key, None)
         call.ended.set()

@@ -357,7 +357,7 @@ async def _session(settings: SessionSettings, digits: list[DtmfDigit] | None = N
     peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await peer.bind(("127.0.0.1", 0))
     pool = RtpPortPool("127.0.0.1", *free_even_port_range())
-    media = await pool.allocate()
+    media = pool.allocate()
     answer = Answer(body=b"", codec="PCMU", payload_type=0, clock_rate=8000,
                     dtmf_payload_type=101, ptime=20, direction="sendrecv",
                     remote_address="127.0.0.1", remote_port=peer.getsockname()[1],

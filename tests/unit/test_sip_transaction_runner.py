@@ -15,17 +15,17 @@ from voicedashd.sip.transaction import (
     NonInviteClientTransaction,
     NonInviteServerTransaction,
     PassToCore,
+    ServerTransaction,
     Terminated,
     Timeout,
+    server_key,
 )
-from voicedashd.sip.transaction_runner import (
-    Responder,
-    ServerInput,
-    run_client_transaction,
-    run_server_transaction,
-)
+from voicedashd.sip.transaction_runner import ServerTransactionRunner, run_client_transaction
+from voicedashd.sip.transport import Peer
 
 from .test_sip_transaction import request, response
+
+PEER = Peer("UDP", "192.0.2.10", 5060)
 
 
 class Recorder:
@@ -36,11 +36,20 @@ class Recorder:
         self.actions: list[tuple[float, Action]] = []
 
     async def send(self, message: Message) -> None:
-        """Stand-in for the transport."""
+        """Stand-in for the transport (client runner)."""
+        self.sent.append((trio.current_time(), message))
+
+    def send_response(self, runner: ServerTransactionRunner, message: Message) -> None:
+        """Stand-in for the transport (server runner)."""
+        assert runner.destination == PEER
         self.sent.append((trio.current_time(), message))
 
     async def on_action(self, action: Action) -> None:
-        """Stand-in for the TU."""
+        """Stand-in for the TU (client runner)."""
+        self.actions.append((trio.current_time(), action))
+
+    def transaction_action(self, runner: ServerTransactionRunner, action: Action) -> None:
+        """Stand-in for the TU (server runner)."""
         self.actions.append((trio.current_time(), action))
 
     def send_times(self) -> list[float]:
@@ -48,48 +57,57 @@ class Recorder:
         return [t for t, _ in self.sent]
 
 
-def open_inbox() -> tuple[
-    trio.MemorySendChannel[ServerInput], trio.MemoryReceiveChannel[ServerInput]
-]:
-    """A server transaction's inbox."""
-    return trio.open_memory_channel[ServerInput](math.inf)
+def server_runner(tx: ServerTransaction, rec: Recorder) -> ServerTransactionRunner:
+    """A server runner that records into rec."""
+    return ServerTransactionRunner(tx, rec, key=server_key(tx.request), destination=PEER)
 
 
 async def test_server_runner_retransmits_2xx_until_ack(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     invite = request("INVITE")
-    tx = InviteServerTransaction(invite, trio.current_time())
     rec = Recorder()
-    to_tx, inbox = open_inbox()
-    responder = Responder(to_tx.clone())
+    runner = server_runner(InviteServerTransaction(invite, trio.current_time()), rec)
     ok = response(invite, 200, "OK")
     ack = request("ACK", via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack", to_tag="t")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_server_transaction, tx, inbox, rec.send, rec.on_action)
-            await responder.respond(response(invite, 100, "Trying"))
+            nursery.start_soon(runner.run)
+            runner.respond(response(invite, 100, "Trying"))
             await trio.sleep(1.0)
-            await responder.respond(ok)
+            runner.respond(ok)
             await trio.sleep(10.0)  # the ACK arrives at t=11
-            await to_tx.send(ack)
+            runner.receive(ack)
     assert rec.send_times() == [0.0, 1.0, 1.5, 2.5, 4.5, 8.5]
     assert [m for _, m in rec.sent[1:]] == [ok] * 5
     assert rec.actions == [(11.0, PassToCore(ack)), (33.0, Terminated())]
     assert trio.current_time() == 33.0  # the runner returned when timer L ended it
-    await responder.respond(response(invite, 200))  # the transaction is gone: a no-op
+    runner.respond(response(invite, 200))  # the transaction is gone: a no-op
     assert len(rec.sent) == 6
+
+
+async def test_server_runner_sends_responses_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    invite = request("INVITE")
+    rec = Recorder()
+    runner = server_runner(InviteServerTransaction(invite, trio.current_time()), rec)
+    trying, ok = response(invite, 100, "Trying"), response(invite, 200, "OK")
+    runner.respond(trying)          # before run() has even started
+    runner.respond(ok)
+    assert [m for _, m in rec.sent] == [trying, ok]
+    runner.receive(invite)          # a retransmitted INVITE gets the last response again
+    assert [m for _, m in rec.sent] == [trying, ok, ok]
 
 
 async def test_server_runner_times_out_without_ack(autojump_clock: trio.testing.MockClock) -> None:
     invite = request("INVITE")
-    tx = InviteServerTransaction(invite, trio.current_time())
     rec = Recorder()
-    to_tx, inbox = open_inbox()
+    runner = server_runner(InviteServerTransaction(invite, trio.current_time()), rec)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_server_transaction, tx, inbox, rec.send, rec.on_action)
-            await Responder(to_tx).respond(response(invite, 200))
+            nursery.start_soon(runner.run)
+            runner.respond(response(invite, 200))
     assert rec.send_times() == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert rec.actions == [(32.0, Timeout("ack")), (32.0, Terminated())]
 
@@ -98,30 +116,34 @@ async def test_server_runner_answers_retransmitted_bye(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     bye = request("BYE", cseq=2)
-    tx = NonInviteServerTransaction(bye, trio.current_time())
     rec = Recorder()
-    to_tx, inbox = open_inbox()
+    runner = server_runner(NonInviteServerTransaction(bye, trio.current_time()), rec)
     ok = response(bye, 200)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_server_transaction, tx, inbox, rec.send, rec.on_action)
+            nursery.start_soon(runner.run)
             await trio.sleep(0.1)
-            await Responder(to_tx.clone()).respond(ok)
+            runner.respond(ok)
             await trio.sleep(0.4)
-            await to_tx.send(bye)
+            runner.receive(bye)
     assert rec.sent == [(0.1, ok), (0.5, ok)]
     assert rec.actions == [(32.1, Terminated())]
 
 
-async def test_server_runner_returns_when_abandoned(autojump_clock: trio.testing.MockClock) -> None:
-    tx = InviteServerTransaction(request("INVITE"), trio.current_time())
+async def test_server_runner_returns_at_once_when_tcp_ends_the_transaction(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bye = request("BYE", cseq=2)
     rec = Recorder()
-    to_tx, inbox = open_inbox()
-    to_tx.close()  # the TU went away before any final response: nothing can happen anymore
+    runner = server_runner(NonInviteServerTransaction(bye, trio.current_time(), reliable=True),
+                           rec)
     with trio.fail_after(1):
-        await run_server_transaction(tx, inbox, rec.send, rec.on_action)
-    assert not tx.terminated
-    assert rec.sent == []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            await trio.sleep(0.2)
+            runner.respond(response(bye, 200))   # terminates it: the sleeping run() returns
+    assert trio.current_time() == 0.2
+    assert rec.actions == [(0.2, Terminated())]
 
 
 async def test_client_runner_reports_final_response_early_and_lingers(

@@ -79,7 +79,7 @@ class Harness:
                         callee="1001", callee_extension="1001", is_ai_handled=True,
                         created_at=utc_now())
         self.bus.register(info)
-        media = await self.pool.allocate()
+        media = self.pool.allocate()
         answer = Answer(body=b"", codec="PCMU", payload_type=0, clock_rate=8000,
                         dtmf_payload_type=None, ptime=20, direction="sendrecv",
                         remote_address="127.0.0.1", remote_port=peer.getsockname()[1],

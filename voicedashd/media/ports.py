@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from dataclasses import dataclass
 
@@ -41,23 +42,25 @@ class RtpPortPool:
         """How many pairs are allocated."""
         return len(self._in_use)
 
-    async def allocate(self) -> RtpSockets:
+    def allocate(self) -> RtpSockets:
         """Bind the next free pair; ports another process holds are skipped."""
-        family = trio.socket.AF_INET6 if ":" in self.address else trio.socket.AF_INET
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         for _ in range(len(self._free)):
             port = self._free.popleft()
-            rtp = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-            rtcp = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+            rtp = socket.socket(family, socket.SOCK_DGRAM)
+            rtcp = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                await rtp.bind((self.address, port))
-                await rtcp.bind((self.address, port + 1))
+                # A numeric address binds at once: no resolver, nothing to wait for.
+                rtp.bind((self.address, port))
+                rtcp.bind((self.address, port + 1))
             except OSError:
                 rtp.close()
                 rtcp.close()
                 self._free.append(port)
                 continue
             self._in_use.add(port)
-            return RtpSockets(rtp, rtcp, self.address, port)
+            return RtpSockets(trio.socket.from_stdlib_socket(rtp),
+                              trio.socket.from_stdlib_socket(rtcp), self.address, port)
         raise PortsExhausted(f"no free RTP port pair in media.rtp_ports for {self.address}")
 
     def release(self, sockets: RtpSockets) -> None:

@@ -12,7 +12,7 @@ import trio
 
 from ..metrics import Metrics
 from .fields import InvalidHeader, format_via, parse_via, split_header_values
-from .message import Request, Response
+from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
 from .transaction import (
     Action,
@@ -20,16 +20,15 @@ from .transaction import (
     InviteServerTransaction,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
+    Terminated,
     TransactionKey,
     client_key,
     invite_ack_key,
     server_key,
 )
 from .transaction_runner import (
-    Responder,
-    ServerInput,
+    ServerTransactionRunner,
     run_client_transaction,
-    run_server_transaction,
 )
 from .transport import Peer, Transport
 from .validate import KNOWN_METHODS, check_request
@@ -42,15 +41,19 @@ BRANCH_COOKIE = "z9hG4bK"
 
 
 class Core(Protocol):
-    """The transaction user: what the endpoint hands requests and transaction outcomes to."""
+    """The transaction user: what the endpoint hands requests and transaction outcomes to.
 
-    async def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+    Each is called in the transport's task and must not block: work that waits (a delayed
+    answer) goes to a task of the core's own, answering later through tx.
+    """
+
+    def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
         """Answer a new request (INVITE, BYE, CANCEL, OPTIONS) through tx."""
 
     def handle_ack(self, ack: Request, peer: Peer) -> None:
         """Take an ACK for a 2xx (it has no server transaction of its own)."""
 
-    async def transaction_action(self, request: Request, action: Action) -> None:
+    def transaction_action(self, request: Request, action: Action) -> None:
         """Take an INVITE transaction's outcome (the ACK passed up, a timeout)."""
 
 
@@ -60,23 +63,17 @@ class ServerTx:
 
     request: Request
     key: TransactionKey
-    responder: Responder
+    runner: ServerTransactionRunner
     metrics: Metrics
     final_status: int | None = None
 
-    async def respond(self, response: Response) -> None:
-        """Send a response through the transaction."""
+    def respond(self, response: Response) -> None:
+        """Send a response through the transaction (at once; a no-op once it has ended)."""
         if response.status >= 200 and self.final_status is None:
             self.final_status = response.status
             self.metrics.sip_requests.labels(method_label(self.request.method),
                                              str(response.status)).inc()
-        await self.responder.respond(response)
-
-
-@dataclass
-class _ServerEntry:
-    inbox: trio.MemorySendChannel[ServerInput]
-    peer: Peer
+        self.runner.respond(response)
 
 
 @dataclass
@@ -88,7 +85,7 @@ class SipEndpoint:
     nursery: trio.Nursery
     metrics: Metrics
     via_host: str
-    _server: dict[TransactionKey, _ServerEntry] = field(default_factory=dict)
+    _server: dict[TransactionKey, ServerTransactionRunner] = field(default_factory=dict)
     _invites_by_ack: dict[TransactionKey, TransactionKey] = field(default_factory=dict)
     _client: dict[TransactionKey, trio.MemorySendChannel[Response]] = field(default_factory=dict)
 
@@ -117,7 +114,7 @@ class SipEndpoint:
             response = make_response(request, status, reason, to_tag=_new_tag())
         except (InvalidHeader, ValueError):
             return  # without a usable Via there is nowhere to answer
-        self.nursery.start_soon(self._send_response, response, peer)
+        self._send_response(response, peer)
 
     def _handle_request(self, request: Request, peer: Peer) -> None:
         try:
@@ -126,17 +123,15 @@ class SipEndpoint:
         except (InvalidHeader, InvalidTransactionHeaders) as exc:
             self._reply_statelessly(request, peer, 400, f"Bad Request - {exc}")
             return
-        entry = self._server.get(key)
-        if entry is None and request.method == "ACK":
+        runner = self._server.get(key)
+        if runner is None and request.method == "ACK":
             invite_key = self._invites_by_ack.get(invite_ack_key(request))
-            entry = self._server.get(invite_key) if invite_key else None
-            if entry is None:
+            runner = self._server.get(invite_key) if invite_key else None
+            if runner is None:
                 self.core.handle_ack(request, peer)
                 return
-        if entry is not None:
-            # A retransmission we cannot take now is dropped: the peer sends it again.
-            with contextlib.suppress(*_CHANNEL_GONE):
-                entry.inbox.send_nowait(request)
+        if runner is not None:
+            runner.receive(request)
             return
         self._start_server_transaction(request, peer, key)
 
@@ -148,53 +143,50 @@ class SipEndpoint:
             tx = InviteServerTransaction(request, now, reliable=peer.reliable)
         else:
             tx = NonInviteServerTransaction(request, now, reliable=peer.reliable)
-        send, receive = trio.open_memory_channel[ServerInput](INBOX_SIZE)
-        self._server[key] = _ServerEntry(send, peer)
+        # Every response of a transaction goes to the same place: work it out once.
+        runner = ServerTransactionRunner(tx, self, key=key,
+                                         destination=_response_destination(request, peer))
+        self._server[key] = runner
         if request.method == "INVITE":
             self._invites_by_ack[invite_ack_key(request)] = key
-        handle = ServerTx(request, key, Responder(send.clone()), self.metrics)
-        self.nursery.start_soon(self._run_server_transaction, tx, key, receive, peer)
+        self.nursery.start_soon(runner.run)
+        handle = ServerTx(request, key, runner, self.metrics)
         problem = check_request(request)
         if problem is not None:
-            self.nursery.start_soon(handle.respond, problem)
+            handle.respond(problem)
         else:
-            self.nursery.start_soon(self._handle_request_safely, request, peer, handle)
+            self._handle_request_safely(request, peer, handle)
 
-    async def _handle_request_safely(self, request: Request, peer: Peer, tx: ServerTx) -> None:
+    # -- the runners' TransactionUser ----------------------------------------------------
+
+    def send_response(self, runner: ServerTransactionRunner, message: Message) -> None:
+        """Send a server transaction's message where its responses go."""
+        self.transport.send_nowait(serialize(message), runner.destination)
+
+    def transaction_action(self, runner: ServerTransactionRunner, action: Action) -> None:
+        """Forget an ended transaction; pass anything else to the core."""
+        request = runner.tx.request
+        if isinstance(action, Terminated):
+            self._server.pop(runner.key, None)
+            if request.method == "INVITE":
+                self._invites_by_ack.pop(invite_ack_key(request), None)
+            return
+        try:
+            self.core.transaction_action(request, action)
+        except Exception:
+            log.exception("sip_transaction_action_failed", method=request.method,
+                          call_id=request.headers.get("Call-ID"))
+
+    def _handle_request_safely(self, request: Request, peer: Peer, tx: ServerTx) -> None:
         """Let the core answer one request; a bug there fails this request only (500)."""
         try:
-            await self.core.handle_request(request, peer, tx)
+            self.core.handle_request(request, peer, tx)
         except Exception:
             log.exception("sip_request_failed", method=request.method,
                           call_id=request.headers.get("Call-ID"))
             if tx.final_status is None:
-                await tx.respond(make_response(request, 500, "Server Internal Error",
-                                               to_tag=_new_tag()))
-
-    async def _run_server_transaction(self, tx: InviteServerTransaction |
-                                      NonInviteServerTransaction, key: TransactionKey,
-                                      receive: trio.MemoryReceiveChannel[ServerInput],
-                                      peer: Peer) -> None:
-        # Every response of a transaction goes to the same place: work it out once.
-        destination = _response_destination(tx.request, peer)
-
-        async def send(message: Request | Response) -> None:
-            if isinstance(message, Response):
-                await self.transport.send(serialize(message), destination)
-
-        async def on_action(action: Action) -> None:
-            try:
-                await self.core.transaction_action(tx.request, action)
-            except Exception:
-                log.exception("sip_transaction_action_failed", method=tx.request.method,
-                              call_id=tx.request.headers.get("Call-ID"))
-
-        try:
-            await run_server_transaction(tx, receive, send, on_action)
-        finally:
-            self._server.pop(key, None)
-            if tx.request.method == "INVITE":
-                self._invites_by_ack.pop(invite_ack_key(tx.request), None)
+                tx.respond(make_response(request, 500, "Server Internal Error",
+                                         to_tag=_new_tag()))
 
     def _handle_response(self, response: Response) -> None:
         try:
@@ -210,10 +202,13 @@ class SipEndpoint:
 
     def _stamp_via(self, request: Request, peer: Peer) -> None:
         """Add received/rport to the top Via (RFC 3261 §18.2.1, RFC 3581)."""
-        lines = request.headers.get_all("Via")
-        if not lines:
+        items = request.headers.items
+        index = next((i for i, (name, _) in enumerate(items) if name == "Via"), None)
+        if index is None:
             raise InvalidHeader("no Via header")
-        values = split_header_values(lines[0])
+        values = split_header_values(items[index][1])
+        if not values:
+            raise InvalidHeader("empty Via header")
         via = parse_via(values[0])
         if via.host != peer.host:
             via.params["received"] = peer.host
@@ -221,16 +216,10 @@ class SipEndpoint:
             via.params["received"] = peer.host
             via.params["rport"] = str(peer.port)
         values[0] = format_via(via)
-        first = ", ".join(values)
-        rest = lines[1:]
-        request.headers.remove("Via")
-        items = request.headers.items
-        items.insert(0, ("Via", first))
-        for offset, line in enumerate(rest, start=1):
-            items.insert(offset, ("Via", line))
+        items[index] = ("Via", ", ".join(values))
 
-    async def _send_response(self, response: Response, peer: Peer) -> None:
-        await self.transport.send(serialize(response), _response_destination(response, peer))
+    def _send_response(self, response: Response, peer: Peer) -> None:
+        self.transport.send_nowait(serialize(response), _response_destination(response, peer))
 
     def new_via(self, transport: str) -> str:
         """Return a Via value for a request we originate, with a fresh branch."""

@@ -1,18 +1,21 @@
-"""Trio glue for the sans-IO transactions: sleep until the next deadline, feed inputs, act.
+"""Trio glue for the sans-IO transactions: feed inputs, perform actions, keep the timers.
 
-A server transaction has one inbox. The transport puts the requests it matched to the
-transaction there (retransmitted INVITEs, ACKs); the TU puts its responses there wrapped in
-`Respond`, usually through a `Responder` built on a clone of the inbox's send side. The runner
-owns the receive side and closes it when the transaction ends, after which `Responder.respond`
-is a no-op. `Send` actions go to `send`; every other action goes to `on_action`.
+A server transaction is driven by a `ServerTransactionRunner`. Its inputs (the requests the
+transport matched to it, the TU's responses) are applied at once, in the caller's task, and
+their sends happen there too: a response costs no trip through the scheduler. The runner's
+own task (`run`) only keeps the transaction's timers — it sleeps in a cancel scope whose
+deadline follows `next_deadline` — and returns when the transaction terminates. `Send`
+actions go to the `TransactionUser`'s send_response, every other action (`Terminated`
+included) to its transaction_action; one user serves every transaction of an endpoint.
+
+A client transaction (our own BYE) is driven by `run_client_transaction` from its inbox.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 import trio
 
@@ -22,7 +25,9 @@ from voicedashd.sip.transaction import (
     NonInviteClientTransaction,
     Send,
     ServerTransaction,
+    TransactionKey,
 )
+from voicedashd.sip.transport import Peer
 
 SendMessage: TypeAlias = Callable[[Message], Awaitable[None]]
 OnAction: TypeAlias = Callable[[Action], Awaitable[None]]
@@ -30,26 +35,67 @@ Clock: TypeAlias = Callable[[], float]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Respond:
-    """Server inbox item: a response from the TU for the transaction to send."""
+class TransactionUser(Protocol):
+    """Where a server transaction's actions go: its sends, and everything else."""
 
-    response: Response
+    def send_response(self, runner: ServerTransactionRunner, message: Message) -> None:
+        """Send a message of the transaction (to `runner.destination`)."""
+
+    def transaction_action(self, runner: ServerTransactionRunner, action: Action) -> None:
+        """Take an action that is not a send (an ACK passed up, a timeout, the end)."""
 
 
-ServerInput: TypeAlias = Request | Respond
+class ServerTransactionRunner:
+    """Drives one server transaction: inputs apply at once; `run` keeps its timers."""
 
+    __slots__ = ("_clock", "_timer", "_user", "destination", "key", "tx")
 
-@dataclass(frozen=True, slots=True)
-class Responder:
-    """The TU's handle on a running server transaction."""
+    def __init__(self, tx: ServerTransaction, user: TransactionUser, *, key: TransactionKey,
+                 destination: Peer, clock: Clock = trio.current_time) -> None:
+        self.tx = tx
+        self.key = key
+        self.destination = destination
+        self._user = user
+        self._clock = clock
+        # Entered by run(); until then (and between timers) inputs just move its deadline.
+        self._timer = trio.CancelScope(deadline=self._wake_at())
 
-    inbox: trio.MemorySendChannel[ServerInput]
+    def receive(self, request: Request) -> None:
+        """Feed a request the transport matched to the transaction (retransmission, ACK)."""
+        if not self.tx.terminated:
+            self._perform(self.tx.receive(request, self._clock()))
 
-    async def respond(self, response: Response) -> None:
-        """Have the transaction send a response; does nothing once the transaction has ended."""
-        with contextlib.suppress(trio.BrokenResourceError):
-            await self.inbox.send(Respond(response))
+    def respond(self, response: Response) -> None:
+        """Have the transaction send a response; does nothing once it has ended."""
+        if not self.tx.terminated:
+            self._perform(self.tx.respond(response, self._clock()))
+
+    async def run(self) -> None:
+        """Fire the transaction's timers when due; return once it has terminated."""
+        tx = self.tx
+        while not tx.terminated:
+            with self._timer:
+                await trio.sleep_forever()
+            if tx.terminated:
+                return
+            self._perform(tx.timer_fired(self._clock()))
+            self._timer = trio.CancelScope(deadline=self._wake_at())
+
+    def _perform(self, actions: list[Action]) -> None:
+        user = self._user
+        for action in actions:
+            if isinstance(action, Send):
+                user.send_response(self, action.message)
+            else:
+                user.transaction_action(self, action)
+        self._timer.deadline = self._wake_at()
+
+    def _wake_at(self) -> float:
+        """When run() must next wake: the next timer, at once if ended, else never."""
+        if self.tx.terminated:
+            return -math.inf
+        deadline = self.tx.next_deadline
+        return math.inf if deadline is None else deadline
 
 
 async def _perform(actions: list[Action], send: SendMessage, on_action: OnAction | None) -> None:
@@ -73,34 +119,6 @@ async def _next_input(inbox: trio.MemoryReceiveChannel[T], deadline: float | Non
         except trio.EndOfChannel:
             await trio.sleep_forever()
     return None
-
-
-async def run_server_transaction(
-    tx: ServerTransaction,
-    inbox: trio.MemoryReceiveChannel[ServerInput],
-    send: SendMessage,
-    on_action: OnAction | None = None,
-    clock: Clock = trio.current_time,
-) -> None:
-    """Drive a server transaction until it terminates, or until it is abandoned.
-
-    Abandoned means every send side of the inbox is closed and no timer runs (say the TU went
-    away before sending a final response): the runner then returns without terminating it.
-    """
-    with inbox:
-        while not tx.terminated:
-            try:
-                item = await _next_input(inbox, tx.next_deadline)
-            except trio.EndOfChannel:
-                return
-            now = clock()
-            if item is None:
-                actions = tx.timer_fired(now)
-            elif isinstance(item, Respond):
-                actions = tx.respond(item.response, now)
-            else:
-                actions = tx.receive(item, now)
-            await _perform(actions, send, on_action)
 
 
 async def run_client_transaction(

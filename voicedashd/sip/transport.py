@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import structlog
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 MAX_DATAGRAM = 65535
 UDP_BATCH = 64
 TCP_IDLE_TIMEOUT = 600.0
+TCP_OUTBOX = 256  # messages queued for one connection; a peer that far behind loses some
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +43,23 @@ MessageHandler = Callable[[bytes, Peer], None]
 
 @dataclass
 class _Connection:
+    """A TCP connection and its outbox: one writer task keeps messages whole and in order."""
+
     stream: trio.SocketStream
-    lock: trio.Lock = field(default_factory=trio.Lock)
+    outbox: trio.MemorySendChannel[bytes]
+    queued: trio.MemoryReceiveChannel[bytes]
+
+    @classmethod
+    def of(cls, stream: trio.SocketStream) -> _Connection:
+        """Wrap a stream with an empty outbox."""
+        outbox, queued = trio.open_memory_channel[bytes](TCP_OUTBOX)
+        return cls(stream, outbox, queued)
+
+    async def write(self) -> None:
+        """Send what is queued until the outbox closes or the stream breaks."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            async for data in self.queued:
+                await self.stream.send_all(data)
 
 
 def _ignore(data: bytes, peer: Peer) -> None:
@@ -75,6 +92,38 @@ class Transport:
                 log.info("sip_listening", listen=str(self.local), transports=["UDP", "TCP"])
                 task_status.started()
 
+    def send_nowait(self, data: bytes, peer: Peer) -> None:
+        """Send one serialized message without waiting; errors are logged (SIP retransmits).
+
+        A datagram goes out at once, a TCP message joins its connection's outbox. A full
+        socket buffer or a connection still to open is left to a task.
+        """
+        if peer.transport == "UDP":
+            try:
+                self._raw_udp.sendto(data, (peer.host, peer.port))
+            except BlockingIOError:
+                self._send_later(data, peer)
+            except OSError as exc:
+                self._send_failed(peer, exc)
+            return
+        conn = self._connections.get(peer)
+        if conn is None:
+            self._send_later(data, peer)
+        else:
+            self._queue(conn, data, peer)
+
+    def _send_later(self, data: bytes, peer: Peer) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.send, data, peer)
+
+    def _queue(self, conn: _Connection, data: bytes, peer: Peer) -> None:
+        try:
+            conn.outbox.send_nowait(data)
+        except trio.WouldBlock:
+            self._send_failed(peer, OSError(f"peer is not reading: {TCP_OUTBOX} messages queued"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._send_failed(peer, exc)
+
     async def send(self, data: bytes, peer: Peer) -> None:
         """Send one serialized message; errors are logged, never raised (SIP retransmits)."""
         try:
@@ -84,11 +133,14 @@ class Transport:
             conn = self._connections.get(peer)
             if conn is None:
                 conn = await self._connect(peer)
-            async with conn.lock:
-                await conn.stream.send_all(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.warning("sip_send_failed", peer=f"{peer.host}:{peer.port}",
-                        transport=peer.transport, error=str(exc))
+            self._send_failed(peer, exc)
+            return
+        self._queue(conn, data, peer)
+
+    def _send_failed(self, peer: Peer, exc: Exception) -> None:
+        log.warning("sip_send_failed", peer=f"{peer.host}:{peer.port}",
+                    transport=peer.transport, error=str(exc) or type(exc).__name__)
 
     async def _send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         """Send on the UDP socket; addresses are numeric, so skip trio's per-call resolver."""
@@ -106,9 +158,9 @@ class Transport:
         if self._nursery is None:
             raise trio.ClosedResourceError("the SIP transport is not serving")
         stream = await trio.open_tcp_stream(peer.host, peer.port)
-        conn = _Connection(stream)
+        conn = _Connection.of(stream)
         self._connections[peer] = conn
-        self._nursery.start_soon(self._read_stream, conn, peer)
+        self._nursery.start_soon(self._run_connection, conn, peer)
         return conn
 
     async def _serve_udp(self) -> None:
@@ -128,12 +180,24 @@ class Transport:
             await trio.lowlevel.checkpoint()
 
     async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
-        """Read framed messages from one accepted TCP connection until it closes."""
+        """Serve one accepted TCP connection until it closes."""
         host, port = stream.socket.getpeername()[:2]
         peer = Peer("TCP", host, port)
-        conn = _Connection(stream)
+        conn = _Connection.of(stream)
         self._connections[peer] = conn
-        await self._read_stream(conn, peer)
+        await self._run_connection(conn, peer)
+
+    async def _run_connection(self, conn: _Connection, peer: Peer) -> None:
+        """Write the connection's outbox while reading framed messages from it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.write)
+                await self._read_stream(conn, peer)
+                nursery.cancel_scope.cancel()
+        finally:
+            conn.outbox.close()
+            if self._connections.get(peer) is conn:
+                del self._connections[peer]
 
     async def _read_stream(self, conn: _Connection, peer: Peer) -> None:
         framer = StreamFramer()
@@ -152,9 +216,6 @@ class Transport:
                         reason=exc.reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-        finally:
-            if self._connections.get(peer) is conn:
-                del self._connections[peer]
 
 
 def _bind_error(listen: HostPort, exc: OSError) -> ListenerError:
