@@ -66,6 +66,16 @@ def test_last_flushes_the_tail_and_starts_over() -> None:
     assert len(resampler.process(tone(16000, 0.1), last=True)) == 800  # a fresh stream
 
 
+def test_reset_starts_over_as_a_new_resampler_would() -> None:
+    """A flush (barge-in) forgets the filter: the next chunk comes out as from a fresh one."""
+    used, fresh = Resampler(16000, 8000), Resampler(16000, 8000)
+    used.process(tone(16000, 0.1, hz=1000))
+    used.reset()
+    chunk = tone(16000, 0.1)
+    assert np.array_equal(used.process(chunk), fresh.process(chunk))
+    assert len(Resampler(8000, 16000).finish()) == 0  # nothing in, nothing held
+
+
 def test_session_settings_come_from_media_config(tmp_path: Path) -> None:
     plain = session_settings(MediaConfig(timeout="5s", jitter_buffer="40ms"), "abc")
     assert (plain.timeout, plain.jitter, plain.rate, plain.record_to) == (5.0, 0.04, 16000, None)

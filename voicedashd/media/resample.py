@@ -73,18 +73,22 @@ class Resampler:
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
+        # Opened by the first chunk, not here: most calls of a SIP flood never carry audio,
+        # and opening a soxr stream costs more than the rest of a media session's set-up.
         self._stream: soxr.ResampleStream | _ByTwo | None = None
-        self.reset()
 
     def reset(self) -> None:
         """Forget the stream so far (after a flush or a new source)."""
-        self._stream = None if self.in_rate == self.out_rate else _open_stream(
-            self.in_rate, self.out_rate)
+        self._stream = None
 
     def process(self, pcm: Pcm, *, last: bool = False) -> Pcm:
         """Resample the next chunk; last=True also returns the filter's tail and resets."""
-        if self._stream is None:
+        if self.in_rate == self.out_rate:
             return pcm
+        if self._stream is None:
+            if last and not len(pcm):
+                return _EMPTY  # a fresh filter holds nothing: no need to open one to say so
+            self._stream = _open_stream(self.in_rate, self.out_rate)
         out = self._stream.resample_chunk(np.ascontiguousarray(pcm, dtype=np.int16), last=last)
         if last:
             self.reset()

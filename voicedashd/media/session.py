@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,9 @@ INBOUND_FRAMES = 50  # 1 s of 20 ms frames waiting for the consumer; beyond that
 MAX_QUEUED = 1.0  # seconds of outbound audio send_pcm lets pile up before it waits
 RECV_SIZE = 2048
 MAX_BURST = 64  # datagrams read per call per tick; more wait for the next tick
+# RTCP is read and dropped this often, not every tick: peers send a report every 5 s or so
+# (RFC 3550 §6.2), and an empty read on every tick of every call costs more than it saves.
+RTCP_READ_INTERVAL = 0.5
 
 
 @dataclass(slots=True)
@@ -136,10 +139,13 @@ class MediaSession:
         self._apply(first)
         self.recorder = (None if settings.record_to is None else
                          WavRecorder(settings.record_to, self.rate, call_id=call_id))
-        # Our own handle on the RTP socket for non-blocking reads and sends, made from the
-        # clock's tick without a trip through the scheduler (the port pool owns the original).
-        self._socket = socket.socket(fileno=os.dup(sockets.rtp.fileno()))
-        self._socket.setblocking(False)
+        # Our own handles on the sockets, for non-blocking reads and sends made from the
+        # clock's tick without a trip through the scheduler (the port pool owns the
+        # originals). Made by the first tick that needs one: a call hung up at once needs none.
+        self._sockets = sockets
+        self._socket: socket.socket | None = None
+        self._rtcp: socket.socket | None = None
+        self._rtcp_due = 0.0
 
     # -- the voice bot's side ------------------------------------------------------------
 
@@ -215,8 +221,9 @@ class MediaSession:
             self._sender.skip(1)
             return
         packet = self._sender.next_packet()
+        sock = self._socket or self._open_rtp()
         try:
-            self._socket.sendto(packet, self.peer)
+            sock.sendto(packet, self.peer)
         except OSError as exc:  # incl. a full send buffer: the packet is lost, as on the wire
             self._send_errors += 1
             if self._send_errors == 1:
@@ -227,6 +234,8 @@ class MediaSession:
         """Read what arrived, release what the jitter buffer and DTMF timers let go, and end
         the session if nothing has arrived for settings.timeout."""
         self._read_all(now)
+        if now >= self._rtcp_due:
+            self._drop_rtcp(now)
         deadline = self._stream.next_deadline
         if deadline is not None and deadline <= now:
             self._deliver(self._stream.timer_fired(now))
@@ -248,9 +257,10 @@ class MediaSession:
 
     def _read_all(self, now: float) -> None:
         """Take the datagrams waiting on the socket (at most MAX_BURST per tick)."""
+        sock = self._socket or self._open_rtp()
         for _ in range(MAX_BURST):
             try:
-                data, source = self._socket.recvfrom(RECV_SIZE)
+                data, source = sock.recvfrom(RECV_SIZE)
             except OSError:  # nothing waiting (or an ICMP error queued on the socket)
                 return
             try:
@@ -262,6 +272,21 @@ class MediaSession:
             if source != self._latched:
                 self._latch(source)
             self._deliver(self._stream.push(packet, now))
+
+    def _drop_rtcp(self, now: float) -> None:
+        """Read and ignore RTCP (we send none; reading keeps the socket buffer empty)."""
+        self._rtcp_due = now + RTCP_READ_INTERVAL
+        if self._rtcp is None:
+            self._rtcp = _own_handle(self._sockets.rtcp)
+        for _ in range(MAX_BURST):  # beyond that a flood is dropped by the kernel, as we would
+            try:
+                self._rtcp.recv(RECV_SIZE)
+            except OSError:  # nothing waiting (or an ICMP error queued on the socket)
+                return
+
+    def _open_rtp(self) -> socket.socket:
+        self._socket = _own_handle(self._sockets.rtp)
+        return self._socket
 
     def _latch(self, source: Any) -> None:
         """Symmetric RTP (comedia): answer to where the peer's packets really come from."""
@@ -285,7 +310,16 @@ class MediaSession:
                 self._frames_dropped += 1
 
     def _close(self) -> None:
-        self._socket.close()
+        for handle in (self._socket, self._rtcp):
+            if handle is not None:
+                handle.close()
+
+
+def _own_handle(sock: trio.socket.SocketType) -> socket.socket:
+    """A non-blocking stdlib socket on a duplicate of a trio socket's descriptor."""
+    handle = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+    handle.setblocking(False)
+    return handle
 
 
 @asynccontextmanager
@@ -303,23 +337,24 @@ async def open_media_session(
     session = MediaSession(sockets, answer, settings, call_id=call_id, on_dtmf=on_dtmf)
     log.info("media_session_started", call_id=call_id, port=sockets.port,
              codec=session._codec.name, address=session.peer[0], peer_port=session.peer[1])
+    recorder = session.recorder
     try:
-        async with trio.open_nursery() as outer:
-            if session.recorder is not None:
-                outer.start_soon(session.recorder.run)
+        # A nursery only for the recorder's task: a call that records nothing needs none.
+        async with nullcontext() if recorder is None else trio.open_nursery() as nursery:
+            if nursery is not None and recorder is not None:
+                nursery.start_soon(recorder.run)
             try:
                 with session._scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_drain, sockets.rtcp)
-                        session._last_rtp = trio.current_time()
-                        clock.join(session, clock_nursery)
-                        yield session
-                        nursery.cancel_scope.cancel()
+                    now = trio.current_time()
+                    session._last_rtp = now
+                    session._rtcp_due = now + RTCP_READ_INTERVAL
+                    clock.join(session, clock_nursery)
+                    yield session
             finally:
                 clock.leave(session)
                 session._send_frames.close()
-                if session.recorder is not None:
-                    session.recorder.close()
+                if recorder is not None:
+                    recorder.close()
                 log.info("media_session_ended", call_id=call_id, port=sockets.port,
                          timed_out=session.timed_out, failed=session.error is not None,
                          **session.stats.as_log())
@@ -333,10 +368,3 @@ async def discard_inbound(session: MediaSession) -> None:
     """Consume inbound audio and say nothing: a call's media until the voice bot takes over."""
     async for _ in session.inbound:
         pass
-
-
-async def _drain(sock: trio.socket.SocketType) -> None:
-    """Read and ignore RTCP (we send none; reading keeps the socket buffer empty)."""
-    while True:
-        await sock.recv(RECV_SIZE)
-
