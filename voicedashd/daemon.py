@@ -15,6 +15,7 @@ from .api.deps import ApiDeps
 from .auth import Authenticator
 from .bus import EventBus
 from .config import Config, ConfigError, load_config, restart_needed
+from .heap import settle_heap
 from .hub.server import serve_hub
 from .livecfg import LiveConfig
 from .logs import configure_logging
@@ -94,6 +95,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 await nursery.start(serve_hub, live, bus, authenticator, store, metrics)
                 readiness.mark_up("hub")
 
+                settle_heap()
                 await notifier.ready()
                 log.info("daemon_ready", sip=str(config.sip.listen), api=str(config.api.listen),
                          hub=str(config.hub.listen), pid=os.getpid())
