@@ -14,11 +14,22 @@ _DIGITS = re.compile(r"[0-9]+")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _LWS = " \t"
 # A parameter value that is not a quoted string: no whitespace or delimiters.
-_PARAM_VALUE = re.compile(r"[^\s\"<>,;=\\\x00-\x1f\x7f]+")
+_PARAM_VALUE_CHARS = r"[^\s\"<>,;=\\\x00-\x1f\x7f]"
+_PARAM_VALUE = re.compile(rf"{_PARAM_VALUE_CHARS}+")
+# A whole 'name' or 'name=value' parameter with an unquoted value, LWS around its parts: what
+# parse_params accepts for it, checked by one match instead of a split, strips and two matches.
+_PLAIN_PARAM = re.compile(
+    rf"[ \t]*([{TOKEN_CHARS}]+)[ \t]*(?:=[ \t]*({_PARAM_VALUE_CHARS}+)[ \t]*)?"
+)
 # An unquoted display name: one or more words separated by LWS (RFC 3261 §25.1, a bit lenient).
 _DISPLAY_WORDS = re.compile(r"[^\s\"<>,;\\\x00-\x1f\x7f]+(?:[ \t]+[^\s\"<>,;\\\x00-\x1f\x7f]+)*")
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_.])?)")
 _MAX_INT_DIGITS = 12
+_CSEQ_GAP = re.compile(r"[ \t]+")
+_CSEQ = re.compile(rf"([0-9]+)[ \t]+([{TOKEN_CHARS}]+)")
+# Characters a name-addr's URI may not contain, inside <> and as a bare addr-spec.
+_URI_BAD_BRACKETED = re.compile(r"[ \t<>\"]")
+_URI_BAD_BARE = re.compile(r"[ \t<>\",?]")
 
 MULTI_VALUE_HEADERS = frozenset(
     {"Via", "Contact", "Route", "Record-Route", "Diversion", "History-Info"}
@@ -32,12 +43,12 @@ class InvalidHeader(ValueError):
 def parse_uint(text: str, *, maximum: int) -> int:
     """Parse ASCII decimal digits (leading zeros allowed) into an int no larger than maximum."""
     text = text.strip(_LWS)
-    if not _DIGITS.fullmatch(text):
+    if not (text.isascii() and text.isdigit()):  # i.e. [0-9]+: the only ASCII digits are 0-9
         raise InvalidHeader(f"{text[:40]!r} is not a decimal number")
     digits = text.lstrip("0") or "0"
-    if len(digits) > _MAX_INT_DIGITS or int(digits) > maximum:
+    if len(digits) > _MAX_INT_DIGITS or (number := int(digits)) > maximum:
         raise InvalidHeader(f"{text[:40]!r} is larger than {maximum}")
-    return int(digits)
+    return number
 
 
 def new_tag() -> str:
@@ -77,6 +88,9 @@ def quote(text: str) -> str:
 
 def split_header_values(value: str) -> list[str]:
     """Split a header value on commas outside quotes and <>; empty elements are dropped."""
+    if "," not in value:  # the usual case: one element, no need to scan for quotes
+        value = value.strip(_LWS)
+        return [value] if value else []
     parts: list[str] = []
     start = 0
     i = 0
@@ -122,6 +136,8 @@ def header_values(headers: Headers, name: str) -> list[str]:
 
 def _split_semicolons(text: str) -> list[str]:
     """Split text on semicolons outside quoted strings."""
+    if '"' not in text:  # the usual case: no quoted string can hide a semicolon
+        return text.split(";")
     parts: list[str] = []
     start = 0
     i = 0
@@ -147,6 +163,10 @@ def parse_params(text: str) -> dict[str, str | None]:
     if not text.startswith(";"):
         raise InvalidHeader(f"expected ';' before parameters, got {text[:40]!r}")
     for raw in _split_semicolons(text[1:]):
+        plain = _PLAIN_PARAM.fullmatch(raw)
+        if plain is not None:
+            params.setdefault(plain[1].lower(), plain[2])
+            continue
         name, eq, value = raw.partition("=")
         name = name.strip(_LWS)
         if not is_token(name):
@@ -246,7 +266,11 @@ def format_via(via: Via) -> str:
 
 def parse_cseq(value: str) -> tuple[int, str]:
     """Parse a CSeq value into (sequence number, method)."""
-    parts = re.split(r"[ \t]+", value.strip(_LWS))
+    text = value.strip(_LWS)
+    simple = _CSEQ.fullmatch(text)
+    if simple is not None:  # the usual '<digits> <token>': checked by one match
+        return parse_uint(simple[1], maximum=2**31 - 1), simple[2]
+    parts = _CSEQ_GAP.split(text)
     if len(parts) != 2:
         raise InvalidHeader(f"CSeq is not '<number> <method>': {value[:60]!r}")
     number = parse_uint(parts[0], maximum=2**31 - 1)
@@ -273,8 +297,8 @@ def _check_uri_text(uri: str, *, bracketed: bool) -> str:
     """Validate the URI part of a name-addr loosely and return it."""
     if not _SCHEME.match(uri):
         raise InvalidHeader(f"missing URI scheme in {uri[:60]!r}")
-    forbidden = " \t<>\"" if bracketed else " \t<>\",?"
-    if any(ch in forbidden for ch in uri):
+    forbidden = _URI_BAD_BRACKETED if bracketed else _URI_BAD_BARE
+    if forbidden.search(uri):
         raise InvalidHeader(f"bad character in URI {uri[:60]!r}")
     return uri
 

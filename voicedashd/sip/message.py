@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # RFC 3261 §7.3.3 compact forms, plus the common extensions' compact forms.
 COMPACT_FORMS: dict[str, str] = {
@@ -44,14 +45,43 @@ _CANONICAL: dict[str, str] = {
 }
 
 
-def canonical_name(name: str) -> str:
-    """Return the canonical spelling of a header name, expanding compact forms."""
+def _canonicalise(name: str) -> str:
+    """Compute the canonical spelling of a header name (the slow path of canonical_name)."""
     lowered = name.strip().lower()
     if lowered in COMPACT_FORMS:
         return COMPACT_FORMS[lowered]
     if lowered in _CANONICAL:
         return _CANONICAL[lowered]
     return "-".join(part[:1].upper() + part[1:] for part in lowered.split("-"))
+
+
+# Headers.get/get_all canonicalise their argument on every call, dozens of times per message:
+# the spellings that peers and our own code use are answered by one dict look-up.
+_SPELLINGS: dict[str, str] = {
+    spelling: _canonicalise(spelling)
+    for known in (*_CANONICAL.values(), *COMPACT_FORMS)
+    for spelling in (known, known.lower(), known.upper())
+}
+
+
+_CACHED_NAME_LENGTH = 64
+
+
+@lru_cache(maxsize=1024)
+def _canonicalise_cached(name: str) -> str:
+    """Canonicalise a name outside _SPELLINGS; bounded, as names come from the network."""
+    return _canonicalise(name)
+
+
+def canonical_name(name: str) -> str:
+    """Return the canonical spelling of a header name, expanding compact forms."""
+    known = _SPELLINGS.get(name)
+    if known is not None:
+        return known
+    # Only short names are cached, so a flood of long random names cannot pin much memory.
+    if len(name) <= _CACHED_NAME_LENGTH:
+        return _canonicalise_cached(name)
+    return _canonicalise(name)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 
 from voicedashd.sip.fields import (
     InvalidHeader,
-    header_values,
     is_token,
     parse_cseq,
     parse_name_addr,
@@ -43,6 +42,9 @@ _REASONS = {
     513: "Message Too Large",
 }
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+# The same blank line found from its first LF: a literal first character lets re skip ahead
+# fast, where _BLANK_LINE tries a match at every byte (ten times slower on a typical INVITE).
+_BLANK_LINE_FROM_LF = re.compile(rb"\n\r?\n")
 _LINE_BREAK = re.compile(r"\r?\n")
 _VERSION = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 _STATUS_LINE = re.compile(r"(SIP/[0-9]+\.[0-9]+) ([0-9]{3})(?: (.*))?", re.IGNORECASE | re.DOTALL)
@@ -82,9 +84,12 @@ class _Problems:
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     """Split a message into header section and the bytes after the empty line."""
-    match = _BLANK_LINE.search(data, 0, MAX_MESSAGE_SIZE + 4)
+    match = _BLANK_LINE_FROM_LF.search(data, 0, MAX_MESSAGE_SIZE + 4)
     if match is not None:
-        return data[:match.start()], data[match.end():]
+        start = match.start()
+        if start and data[start - 1] == 0x0D:  # the CR before the LF belongs to the blank line
+            start -= 1
+        return data[:start], data[match.end():]
     if len(data) > MAX_MESSAGE_SIZE:
         raise SipParseError(513, f"header section exceeds {MAX_MESSAGE_SIZE} bytes")
     if data.endswith(b"\n"):
@@ -106,22 +111,26 @@ def _unfold(lines: list[str], problems: _Problems) -> list[str]:
     return fields
 
 
-def _parse_headers(fields: list[str], problems: _Problems) -> Headers:
-    """Turn unfolded header lines into Headers, skipping (and reporting) malformed ones."""
-    headers = Headers()
+def _parse_headers(fields: list[str], problems: _Problems, *, clean: bool = False) -> Headers:
+    """Turn unfolded header lines into Headers, skipping (and reporting) malformed ones.
+
+    clean says the caller found no NUL and no stray CR in the lines, so they need no search.
+    """
+    items: list[tuple[str, str]] = []
     for line in fields:
-        if "\x00" in line:
-            continue  # already reported
-        if "\r" in line:
-            problems.add("stray CR in header line")
-            continue
+        if not clean:
+            if "\x00" in line:
+                continue  # already reported
+            if "\r" in line:
+                problems.add("stray CR in header line")
+                continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not is_token(name):
             problems.add(f"malformed header line {line[:40]!r}")
             continue
-        headers.items.append((canonical_name(name), value.strip(" \t")))
-    return headers
+        items.append((canonical_name(name), value.strip(" \t")))
+    return Headers(items)
 
 
 def _parse_start_line(line: str, headers: Headers, problems: _Problems) -> Request | Response:
@@ -137,7 +146,7 @@ def _parse_start_line(line: str, headers: Headers, problems: _Problems) -> Reque
             problems.add(version, 505)
         return Response(code, reason or "", headers, version=version)
     parts = line.split(" ")
-    words = [p for p in parts if p]
+    words = [p for p in parts if p] if "" in parts else parts
     if len(words) < 2 or not is_token(words[0]) or not _VERSION.fullmatch(words[-1]):
         raise SipParseError(400, f"malformed Request-Line {line[:60]!r}")
     method, version, uri_parts = words[0], words[-1].upper(), words[1:-1]
@@ -167,31 +176,40 @@ def _check_request_uri(uri: str, problems: _Problems) -> None:
 def _check_headers(msg: Request | Response, problems: _Problems) -> int | None:
     """Report missing, duplicated and malformed key headers; return the Content-Length."""
     headers = msg.headers
-    for name in SINGLE_VALUE_HEADERS:
-        if len(headers.get_all(name)) > 1:
-            problems.add(f"duplicate {name} header")
+    # Each header's first value line, built in C (reversed, so the first line wins); when no
+    # name repeats, this one dict answers every look-up below without scanning the headers.
+    first = dict(reversed(headers.items))
+    repeated = len(first) != len(headers.items)
+    if repeated:
+        for name in SINGLE_VALUE_HEADERS:
+            if len(headers.get_all(name)) > 1:
+                problems.add(f"duplicate {name} header")
     for name in REQUIRED_HEADERS:
-        if name not in headers:
+        if name not in first:
             problems.add(f"missing {name} header")
-    _check_field(headers, "CSeq", problems, lambda v: _check_cseq(msg, v))
-    _check_field(headers, "Max-Forwards", problems, lambda v: parse_uint(v, maximum=255))
-    _check_field(headers, "From", problems, parse_name_addr)
-    _check_field(headers, "To", problems, parse_name_addr)
-    call_id = headers.get("Call-ID")
-    if call_id is not None and (not call_id or re.search(r"[ \t]", call_id)):
+    _check_field(first.get("CSeq"), "CSeq", problems, lambda v: _check_cseq(msg, v))
+    _check_field(
+        first.get("Max-Forwards"), "Max-Forwards", problems, lambda v: parse_uint(v, maximum=255)
+    )
+    _check_field(first.get("From"), "From", problems, parse_name_addr)
+    _check_field(first.get("To"), "To", problems, parse_name_addr)
+    call_id = first.get("Call-ID")
+    if call_id is not None and (not call_id or " " in call_id or "\t" in call_id):
         problems.add("Call-ID is empty or contains whitespace")
-    for value in header_values(headers, "Via"):
-        try:
-            parse_via(value)
-        except InvalidHeader as exc:
-            problems.add(f"malformed Via: {exc}")
-    for value in header_values(headers, "Contact"):
-        if value != "*":
+    for line in _value_lines(headers, first, repeated, "Via"):
+        for value in split_header_values(line):
             try:
-                parse_name_addr(value)
+                parse_via(value)
             except InvalidHeader as exc:
-                problems.add(f"malformed Contact: {exc}")
-    length = headers.get("Content-Length")
+                problems.add(f"malformed Via: {exc}")
+    for line in _value_lines(headers, first, repeated, "Contact"):
+        for value in split_header_values(line):
+            if value != "*":
+                try:
+                    parse_name_addr(value)
+                except InvalidHeader as exc:
+                    problems.add(f"malformed Contact: {exc}")
+    length = first.get("Content-Length")
     if length is None:
         return None
     try:
@@ -201,11 +219,18 @@ def _check_headers(msg: Request | Response, problems: _Problems) -> int | None:
         return None
 
 
+def _value_lines(headers: Headers, first: dict[str, str], repeated: bool, name: str) -> list[str]:
+    """Return every value line of a header; first holds them all when no header repeats."""
+    if repeated:
+        return headers.get_all(name)
+    value = first.get(name)
+    return [] if value is None else [value]
+
+
 def _check_field(
-    headers: Headers, name: str, problems: _Problems, check: Callable[[str], object]
+    value: str | None, name: str, problems: _Problems, check: Callable[[str], object]
 ) -> None:
-    """Run check on the first value of a header, reporting InvalidHeader as a problem."""
-    value = headers.get(name)
+    """Run check on the first value of a header, if present, reporting InvalidHeader."""
     if value is None:
         return
     try:
@@ -230,11 +255,19 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
     if len(head) > MAX_MESSAGE_SIZE:
         raise SipParseError(513, f"header section exceeds {MAX_MESSAGE_SIZE} bytes")
     problems = _Problems()
-    if b"\x00" in head:
+    has_nul = b"\x00" in head
+    if has_nul:
         problems.add("NUL byte in header section")
-    lines = _LINE_BREAK.split(head.decode("utf-8", "surrogateescape"))
-    fields = _unfold(lines[1:], problems)
-    headers = _parse_headers(fields, problems)
+    text = head.decode("utf-8", "surrogateescape")
+    crlfs = text.count("\r\n")
+    # Every CR followed by LF: splitting on line breaks leaves no CR inside a line.
+    clean = not has_nul and text.count("\r") == crlfs
+    # When every LF follows a CR, str.split gives what the regex split would, only faster.
+    lines = text.split("\r\n") if text.count("\n") == crlfs else _LINE_BREAK.split(text)
+    # A continuation line starts right after a line break; without one there is nothing to join.
+    folded = "\n " in text or "\n\t" in text
+    fields = _unfold(lines[1:], problems) if folded else lines[1:]
+    headers = _parse_headers(fields, problems, clean=clean)
     if "\x00" in lines[0] or "\r" in lines[0]:
         raise SipParseError(400, "NUL or stray CR in start line")
     msg = _parse_start_line(lines[0], headers, problems)
@@ -272,9 +305,12 @@ def serialize(msg: Request | Response) -> bytes:
         lines.append(f"{name}: {value}")
     if not wrote_length:
         lines.append(f"Content-Length: {len(msg.body)}")
-    if any("\r" in line or "\n" in line for line in lines):
+    text = "\r\n".join(lines)
+    # The joins put exactly one CR and one LF between lines; any more came from inside a line.
+    breaks = len(lines) - 1
+    if text.count("\r") != breaks or text.count("\n") != breaks:
         raise ValueError("a start line or header contains CR or LF; refusing to serialize")
-    text = "\r\n".join(lines) + "\r\n\r\n"
+    text += "\r\n\r\n"
     return text.encode("utf-8", "surrogateescape") + bytes(msg.body)
 
 

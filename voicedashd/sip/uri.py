@@ -12,6 +12,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_.])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#().\-pPwW]+")
+_URI_DELIMITER = re.compile(r"[ \t\r\n<>\"\x00]")
 _TEL_VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
 
 _UNRESERVED = string.ascii_letters + string.digits + "-_.!~*'()"
@@ -135,6 +136,8 @@ def _unescape(text: str) -> str:
 
 def _escape(text: str, allowed: frozenset[str]) -> str:
     """Escape every character of text outside allowed as %HH of its UTF-8 bytes."""
+    if allowed.issuperset(text):
+        return text  # the usual case, checked in C rather than per character
     out: list[str] = []
     for ch in text:
         if ch in allowed:
@@ -146,9 +149,10 @@ def _escape(text: str, allowed: frozenset[str]) -> str:
 
 def _checked(text: str, allowed: frozenset[str], what: str) -> str:
     """Return text unescaped after checking it uses only allowed characters and escapes."""
-    bad = next((ch for ch in text if ch not in allowed and ch != "%"), None)
-    if bad is not None:
-        raise InvalidUri(f"character {bad!r} not allowed in {what}")
+    if not allowed.issuperset(text):  # fast check first; look for the culprit only if it fails
+        bad = next((ch for ch in text if ch not in allowed and ch != "%"), None)
+        if bad is not None:
+            raise InvalidUri(f"character {bad!r} not allowed in {what}")
     return _unescape(text)
 
 
@@ -170,9 +174,10 @@ def _parse_host(text: str) -> tuple[str, int | None]:
             raise InvalidUri(f"bad host {host[:60]!r}")
     if not rest:
         return host, None
-    if not rest.startswith(":") or not _PORT.fullmatch(rest[1:]) or int(rest[1:]) > 65535:
+    port_text = rest[1:]
+    if rest[0] != ":" or not _PORT.fullmatch(port_text) or (port := int(port_text)) > 65535:
         raise InvalidUri(f"bad port {rest[:20]!r}")
-    return host, int(rest[1:])
+    return host, port
 
 
 def _parse_sip(scheme: str, rest: str) -> SipUri:
@@ -219,7 +224,7 @@ def _parse_tel(rest: str) -> TelUri:
     if semicolon:
         for raw in params_text.split(";"):
             name, eq, value = raw.partition("=")
-            if not name or any(ch not in _TEL_PARAM_CHARS for ch in name + value):
+            if not name or not _TEL_PARAM_CHARS.issuperset(name + value):
                 raise InvalidUri(f"bad tel URI parameter {raw[:40]!r}")
             params.setdefault(name.lower(), value if eq else None)
     return TelUri(number, params)
@@ -230,7 +235,7 @@ def parse_uri(text: str) -> SipUri | TelUri:
     match = _SCHEME.match(text)
     if match is None:
         raise InvalidUri(f"no URI scheme in {text[:60]!r}")
-    if any(ch in text for ch in " \t\r\n<>\"\x00"):
+    if _URI_DELIMITER.search(text):
         raise InvalidUri(f"whitespace or delimiter inside URI {text[:60]!r}")
     scheme = match.group(1).lower()
     rest = text[match.end():]
