@@ -24,8 +24,23 @@ START_TIMEOUT = 30
 
 def free_port() -> int:
     """Return a loopback port free on both UDP and TCP right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct loopback ports, each free on both UDP and TCP right now.
+
+    The candidates stay bound until all are chosen: the kernel may hand the same ephemeral
+    port to two bind(0) calls in a row once the first socket is closed.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(50 * count):
+            if len(ports) == count:
+                return ports
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(tcp)
             tcp.bind(("127.0.0.1", 0))
             port = tcp.getsockname()[1]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
@@ -33,7 +48,12 @@ def free_port() -> int:
                     udp.bind(("127.0.0.1", port))
                 except OSError:
                     continue
-                return port
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) == count:
+        return ports
     raise RuntimeError("no free port")
 
 
@@ -143,11 +163,12 @@ def _hash(password: str) -> str:
 def make_config(directory: Path, users: list[User] | None = None,
                 tenants: dict[str, list[str]] | None = None) -> DaemonConfig:
     """Return a test config on free ports (not yet written)."""
+    sip_port, api_port, hub_port = free_ports(3)
     return DaemonConfig(
         dir=directory,
-        sip_port=free_port(),
-        api_port=free_port(),
-        hub_port=free_port(),
+        sip_port=sip_port,
+        api_port=api_port,
+        hub_port=hub_port,
         rtp_ports=free_even_port_range(),
         users=users if users is not None else [User("1001")],
         tenants=tenants if tenants is not None else {"acme": ["acme.example"]},
