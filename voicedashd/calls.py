@@ -54,6 +54,7 @@ class CallState(enum.StrEnum):
 
 
 DialogKey = tuple[str, str, str]
+InviteId = tuple[str, str, int]  # Call-ID, From tag, CSeq number
 
 
 @dataclass(eq=False)
@@ -94,6 +95,11 @@ class Call:
         """Call-ID plus both tags: how in-dialog requests find the call."""
         return (self.sip_call_id, self.local_tag, self.remote_tag)
 
+    @property
+    def invite_id(self) -> InviteId:
+        """What `_invite_id` gives for the call's INVITE, without parsing it again."""
+        return (self.sip_call_id, self.remote_tag, self.remote_cseq)
+
 
 @dataclass
 class CallManager:
@@ -111,7 +117,7 @@ class CallManager:
     _byes_in_flight: int = 0
     _dialogs: dict[DialogKey, Call] = field(default_factory=dict)
     _calls: dict[str, Call] = field(default_factory=dict)
-    _invites: dict[tuple[str, str, int], Call] = field(default_factory=dict)
+    _invites: dict[InviteId, Call] = field(default_factory=dict)
     _idle: trio.Event = field(default_factory=trio.Event)
 
     # -- queries -------------------------------------------------------------------------
@@ -298,7 +304,7 @@ class CallManager:
     def _register(self, call: Call) -> None:
         self._calls[call.id] = call
         self._dialogs[call.dialog_key] = call
-        self._invites[_invite_id(call.invite.request)] = call
+        self._invites[call.invite_id] = call
         if self._idle.is_set():
             self._idle = trio.Event()
         self.bus.register(call.info)
@@ -387,7 +393,7 @@ class CallManager:
         if call.invite.final_status is None:
             call.invite.respond(make_response(call.invite.request, 503, "Service Unavailable",
                                               to_tag=call.local_tag))
-        self._invites.pop(_invite_id(call.invite.request), None)
+        self._invites.pop(call.invite_id, None)
         self._dialogs.pop(call.dialog_key, None)
         call.ended.set()
         self._calls.pop(call.id, None)
@@ -507,7 +513,7 @@ def _dialog_key(request: Request) -> DialogKey:
             _tag(request.headers.get("From")) or "")
 
 
-def _invite_id(request: Request) -> tuple[str, str, int]:
+def _invite_id(request: Request) -> InviteId:
     """What ties a CANCEL to its INVITE besides the branch: Call-ID, From tag, CSeq number."""
     try:
         number, _ = parse_cseq(request.headers.get("CSeq") or "")
