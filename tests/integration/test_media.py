@@ -24,17 +24,14 @@ import soxr
 import trio
 
 from tests.harness import DaemonConfig, free_even_port_range, make_config, run_daemon
+from tests.media_peer import session_with_peer
 from tests.sipp import RawSipPeer, run_sipp, to_tag
-from voicedashd.media.dtmf import DtmfDigit
 from voicedashd.media.g711 import PCMU
-from voicedashd.media.ports import RtpPortPool, RtpSockets
 from voicedashd.media.rtp import RtpPacket, parse_rtp
-from voicedashd.media.sender import MediaClock
 from voicedashd.media.session import (
     MediaSession,
     PcmFrame,
     SessionSettings,
-    open_media_session,
 )
 from voicedashd.sip.sdp import Answer
 
@@ -346,35 +343,6 @@ async def test_rtp_is_sent_where_the_peer_really_sends_from(tmp_path: Path) -> N
 # -- in-process sessions with a UDP peer ---------------------------------------------------
 
 
-@asynccontextmanager
-async def _session(settings: SessionSettings, digits: list[DtmfDigit] | None = None,
-                   answers: list[Answer] | None = None,
-                   ) -> AsyncIterator[tuple[MediaSession, trio.socket.SocketType, RtpSockets]]:
-    """A session on a real RTP port whose SDP peer is a UDP socket on 127.0.0.1.
-
-    The call's current SDP answer is the last of `answers` (append one for a re-INVITE).
-    """
-    peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-    await peer.bind(("127.0.0.1", 0))
-    pool = RtpPortPool("127.0.0.1", *free_even_port_range())
-    media = pool.allocate()
-    answer = Answer(body=b"", codec="PCMU", payload_type=0, clock_rate=8000,
-                    dtmf_payload_type=101, ptime=20, direction="sendrecv",
-                    remote_address="127.0.0.1", remote_port=peer.getsockname()[1],
-                    on_hold=False)
-    sink = digits if digits is not None else []
-    history = answers if answers is not None else []
-    history.append(answer)
-    try:
-        async with trio.open_nursery() as clock_nursery, open_media_session(
-                media, lambda: history[-1], settings, call_id="test", clock=MediaClock(),
-                clock_nursery=clock_nursery, on_dtmf=sink.append) as session:
-            yield session, peer, media
-    finally:
-        pool.release(media)
-        peer.close()
-
-
 def _level_packet(seq: int, level: int, ssrc: int = 0x1234) -> bytes:
     payload = PCMU.encode(np.full(160, level, dtype=np.int16))
     return RtpPacket(payload_type=0, sequence=seq % 65536, timestamp=seq * 160 % 2**32,
@@ -399,7 +367,7 @@ async def _frame_levels(session: MediaSession, count: int) -> list[int]:
 @pytest.mark.parametrize("base", [1000, 65533], ids=["plain", "wrapping"])
 async def test_reordered_and_duplicated_packets_arrive_in_order_once(base: int) -> None:
     order = [0, 1, 3, 2, 2, 4, 1, 6, 5, 5, 6, 7]
-    async with _session(SessionSettings(rate=8000)) as (session, peer, media):
+    async with session_with_peer(SessionSettings(rate=8000)) as (session, peer, media):
         for index in order:
             await peer.sendto(_level_packet(base + index, LEVELS[index]), ("127.0.0.1", media.port))
         levels = await _frame_levels(session, 8)
@@ -409,7 +377,7 @@ async def test_reordered_and_duplicated_packets_arrive_in_order_once(base: int) 
 
 
 async def test_an_ssrc_change_restarts_the_stream() -> None:
-    async with _session(SessionSettings(rate=8000)) as (session, peer, media):
+    async with session_with_peer(SessionSettings(rate=8000)) as (session, peer, media):
         for seq, level in [(10, LEVELS[0]), (11, LEVELS[1])]:
             await peer.sendto(_level_packet(seq, level, ssrc=1), ("127.0.0.1", media.port))
         # a new sender (new SSRC) starting from an unrelated sequence number
@@ -420,7 +388,7 @@ async def test_an_ssrc_change_restarts_the_stream() -> None:
 
 
 async def test_media_timeout_ends_the_session_block() -> None:
-    async with _session(SessionSettings(rate=8000, timeout=0.3)) as (session, peer, media):
+    async with session_with_peer(SessionSettings(rate=8000, timeout=0.3)) as (session, peer, media):
         await peer.sendto(_level_packet(1, LEVELS[0]), ("127.0.0.1", media.port))
         with trio.fail_after(5):
             async for _ in session.inbound:
@@ -433,7 +401,7 @@ async def test_flush_drops_queued_speech_at_once() -> None:
     """Barge-in: 2 s of a 440 Hz tone queued at 16 kHz; after flush only silence goes out."""
     t = np.arange(32000) / 16000
     tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
-    async with _session(SessionSettings(rate=16000)) as (session, peer, _):
+    async with session_with_peer(SessionSettings(rate=16000)) as (session, peer, _):
         await session.send_pcm(tone, last=True)
         audio: list[RtpPacket] = []
         with trio.fail_after(5):
@@ -467,7 +435,7 @@ async def test_hold_stops_our_packets_and_the_media_timeout() -> None:
     with its sequence unbroken and its timestamp moved on by the time on hold."""
     answers: list[Answer] = []
     settings = SessionSettings(rate=8000, timeout=0.3)
-    async with _session(settings, answers=answers) as (session, peer, _):
+    async with session_with_peer(settings, answers=answers) as (session, peer, _):
         with trio.fail_after(5):
             before = parse_rtp(await peer.recv(2048))
         answers.append(dataclasses.replace(answers[0], direction="inactive", on_hold=True))

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
-from tests.harness import free_even_port_range
-from voicedashd.media.ports import RtpPortPool, RtpSockets
-from voicedashd.media.sender import MediaClock
+from tests.media_peer import session_with_peer
 from voicedashd.media.session import (
     RTCP_READ_INTERVAL,
-    MediaSession,
     SessionSettings,
-    open_media_session,
 )
-from voicedashd.sip.sdp import Answer
 
+SETTINGS = SessionSettings(rate=8000, timeout=60)
 # An RTCP receiver report with no report blocks (RFC 3550 §6.4.2).
 RTCP_RR = bytes([0x80, 201, 0, 1, 0, 0, 0x12, 0x34])
 
@@ -39,31 +33,9 @@ def _waiting(sock: trio.socket.SocketType) -> bool:
     return True
 
 
-@asynccontextmanager
-async def _session() -> AsyncIterator[tuple[MediaSession, trio.socket.SocketType, RtpSockets]]:
-    """A session on a real RTP port pair whose SDP peer is a UDP socket on 127.0.0.1."""
-    peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-    await peer.bind(("127.0.0.1", 0))
-    pool = RtpPortPool("127.0.0.1", *free_even_port_range())
-    media = pool.allocate()
-    answer = Answer(body=b"", codec="PCMU", payload_type=0, clock_rate=8000,
-                    dtmf_payload_type=101, ptime=20, direction="sendrecv",
-                    remote_address="127.0.0.1", remote_port=peer.getsockname()[1],
-                    on_hold=False)
-    try:
-        async with trio.open_nursery() as clock_nursery, open_media_session(
-                media, lambda: answer, SessionSettings(rate=8000, timeout=60), call_id="test",
-                clock=MediaClock(), clock_nursery=clock_nursery,
-                on_dtmf=lambda _: None) as session:
-            yield session, peer, media
-    finally:
-        pool.release(media)
-        peer.close()
-
-
 async def test_rtcp_is_read_and_dropped(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(10):
-        async with _session() as (session, peer, media):
+        async with session_with_peer(SETTINGS) as (session, peer, media):
             for _ in range(5):
                 await peer.sendto(RTCP_RR, ("127.0.0.1", media.port + 1))
             assert _waiting(media.rtcp)
@@ -78,10 +50,11 @@ async def test_rtcp_is_read_and_dropped(autojump_clock: trio.abc.Clock) -> None:
 
 async def test_a_session_closes_the_handles_it_made(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(10):
-        async with _session():  # whatever the first session of a process opens for good
+        # whatever the first session of a process opens for good
+        async with session_with_peer(SETTINGS):
             pass
         before = _open_fds()
-        async with _session() as (session, _, _):
+        async with session_with_peer(SETTINGS) as (session, _, _):
             await trio.sleep(2 * RTCP_READ_INTERVAL)  # ticks sent, RTP and RTCP read
             assert session.stats.sender.silence > 0
         assert _open_fds() == before
@@ -90,7 +63,7 @@ async def test_a_session_closes_the_handles_it_made(autojump_clock: trio.abc.Clo
 async def test_a_session_hung_up_at_once_sends_nothing_and_ends_cleanly() -> None:
     with trio.fail_after(10):
         before = _open_fds()
-        async with _session() as (session, _, _):
+        async with session_with_peer(SETTINGS) as (session, _, _):
             pass
         assert _open_fds() == before  # no handle of the session's is left over
         assert session.stats.sender.audio + session.stats.sender.silence == 0
