@@ -161,7 +161,7 @@ class SipEndpoint:
 
     def send_response(self, runner: ServerTransactionRunner, message: Message) -> None:
         """Send a server transaction's message where its responses go."""
-        self.transport.send_nowait(serialize(message), runner.destination)
+        self._send(message, runner.destination)
 
     def transaction_action(self, runner: ServerTransactionRunner, action: Action) -> None:
         """Forget an ended transaction; pass anything else to the core."""
@@ -219,7 +219,17 @@ class SipEndpoint:
         items[index] = ("Via", ", ".join(values))
 
     def _send_response(self, response: Response, peer: Peer) -> None:
-        self.transport.send_nowait(serialize(response), _response_destination(response, peer))
+        self._send(response, _response_destination(response, peer))
+
+    def _send(self, message: Message, destination: Peer) -> None:
+        """Serialise and send; sends happen in the transport's task, so nothing may escape."""
+        try:
+            data = serialize(message)
+        except ValueError as exc:  # a CR/LF smuggled into a header we copied or built
+            log.error("sip_response_unserializable", error=str(exc),
+                      call_id=message.headers.get("Call-ID"))
+            return
+        self.transport.send_nowait(data, destination)
 
     def new_via(self, transport: str) -> str:
         """Return a Via value for a request we originate, with a fresh branch."""
