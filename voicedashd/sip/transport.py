@@ -79,6 +79,11 @@ class Transport:
         self._handler: MessageHandler = _ignore
         self._connections: dict[Peer, _Connection] = {}
 
+    @property
+    def udp_port(self) -> int:
+        """The port the UDP socket is bound to (what a listen port of 0 became)."""
+        return int(self._raw_udp.getsockname()[1])
+
     async def serve(self, handler: MessageHandler, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver every received message to handler until cancelled; closes the sockets."""
