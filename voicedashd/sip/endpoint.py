@@ -61,11 +61,14 @@ class Core(Protocol):
 class ServerTx:
     """The TU's handle on one server transaction: respond, and count final responses."""
 
-    request: Request
-    key: TransactionKey
     runner: ServerTransactionRunner
     metrics: Metrics
     final_status: int | None = None
+
+    @property
+    def request(self) -> Request:
+        """The request that opened the transaction."""
+        return self.runner.tx.request
 
     def respond(self, response: Response) -> None:
         """Send a response through the transaction (at once; a no-op once it has ended)."""
@@ -150,7 +153,7 @@ class SipEndpoint:
         if request.method == "INVITE":
             self._invites_by_ack[invite_ack_key(request)] = key
         self.nursery.start_soon(runner.run)
-        handle = ServerTx(request, key, runner, self.metrics)
+        handle = ServerTx(runner, self.metrics)
         problem = check_request(request)
         if problem is not None:
             handle.respond(problem)
