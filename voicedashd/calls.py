@@ -241,27 +241,26 @@ class CallManager:
             self._finish(call, EndReason.ERROR, send_bye=False)
             return
         if config.sip.answer_delay:
-            self.endpoint_nursery.start_soon(self._answer_later, call, offer, peer,
+            self.endpoint_nursery.start_soon(self._answer_later, call, offer,
                                              config.sip.answer_delay)
         else:
-            self._answer(call, offer, peer)
+            self._answer(call, offer)
 
-    async def _answer_later(self, call: Call, offer: SessionDescription, peer: Peer,
-                            delay: float) -> None:
+    async def _answer_later(self, call: Call, offer: SessionDescription, delay: float) -> None:
         """Let the call ring for `delay` (sip.answer_delay) unless it ends first, then answer."""
         with trio.move_on_after(delay):
             await call.ended.wait()
         if call.state is CallState.RINGING:
-            self._answer(call, offer, peer)
+            self._answer(call, offer)
 
-    def _answer(self, call: Call, offer: SessionDescription, peer: Peer) -> None:
+    def _answer(self, call: Call, offer: SessionDescription) -> None:
         """Send the 200 with our SDP answer; the ACK will confirm the call."""
         assert call.media is not None
         call.answer = build_answer(offer, address=call.media.address, port=call.media.port,
                                    session_id=call.session_id,
                                    session_version=call.session_version)
         call.state = CallState.ANSWERED
-        call.invite.respond(self._ok_with_answer(call.invite.request, call, peer))
+        call.invite.respond(self._ok_with_answer(call.invite.request, call, call.peer))
 
     def _ok_with_answer(self, request: Request, call: Call, peer: Peer) -> Response:
         assert call.answer is not None
