@@ -29,12 +29,15 @@ SILENT_RMS = 300.0  # decoded 16-bit RMS above which a packet counts as speech
 
 
 def speak(text: str, path: Path, *, lead: float = 0.0, tail: float = 1.5) -> Path:
-    """espeak-ng says text; sox makes it 8 kHz PCMU with lead/tail seconds of silence."""
-    espeak, sox = shutil.which("espeak-ng"), shutil.which("sox")
-    if espeak is None or sox is None:
-        raise AssertionError("espeak-ng and sox are needed (scripts/test installs them)")
+    """Festival's HTS voice says text (not the bot's voice); sox makes it 8 kHz PCMU with
+    lead/tail seconds of silence."""
+    festival, sox = shutil.which("text2wave"), shutil.which("sox")
+    if festival is None or sox is None:
+        raise AssertionError("festival (with festvox-us-slt-hts) and sox are needed "
+                             "(scripts/test installs them)")
     wav = path.with_suffix(".wav")
-    subprocess.run([espeak, "-w", str(wav), text], check=True)
+    subprocess.run([festival, "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", str(wav)],
+                   input=text.encode(), check=True)
     subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(path), "pad", str(lead), str(tail)], check=True)
     return path

@@ -318,7 +318,6 @@ Template = Annotated[str, AfterValidator(check_template)]
 # Which Python module each non-default engine needs (find_spec only: pipecat is not imported).
 ENGINE_MODULES = {
     ("stt", "deepgram"): ("deepgram", "pipecat-ai[deepgram]"),
-    ("stt", "whisper"): ("faster_whisper", "pipecat-ai[whisper]"),
     ("stt", "openai"): ("openai", "pipecat-ai"),
     ("tts", "cartesia"): ("websockets", "pipecat-ai[cartesia]"),
     ("tts", "openai"): ("openai", "pipecat-ai"),
@@ -334,16 +333,16 @@ class _EngineSection(_Section):
 
 
 class SttConfig(_EngineSection):
-    """[voicebot.stt]: speech recognition; pocketsphinx runs offline with no key."""
+    """[voicebot.stt]: speech recognition; whisper (bundled) and pocketsphinx run offline."""
 
-    engine: Literal["pocketsphinx", "deepgram", "openai", "whisper"] = "pocketsphinx"
+    engine: Literal["whisper", "pocketsphinx", "deepgram", "openai"] = "whisper"
     language: str = "en"
 
 
 class TtsConfig(_EngineSection):
-    """[voicebot.tts]: speech synthesis; espeak-ng runs offline with no key."""
+    """[voicebot.tts]: speech synthesis; hibari (neural) and espeak-ng run offline with no key."""
 
-    engine: Literal["espeak", "cartesia", "openai", "deepgram"] = "espeak"
+    engine: Literal["hibari", "espeak", "cartesia", "openai", "deepgram"] = "hibari"
     voice: str | None = None
     speed: int = Field(default=170, ge=80, le=450)
 
@@ -386,6 +385,7 @@ class VoicebotConfig(_Section):
     answer_sentences: int = Field(default=2, ge=1, le=10)
     vad_stop: Duration = Field(default=0.3, ge=0.1, le=3.0)
     barge_in: bool = True
+    speech_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     processors: tuple[str, ...] = ()
     stt: SttConfig = SttConfig()
     tts: TtsConfig = TtsConfig()
@@ -638,7 +638,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 RESTART_KEYS = ("sip.listen", "media.address", "media.rtp_ports", "media.jitter_buffer",
                 "media.record_dir", "api.listen", "api.tls_cert",
                 "api.tls_key", "hub.listen", "hub.max_message_size", "hub.send_buffer",
-                "store.path")
+                "store.path", "voicebot.speech_workers")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:

@@ -66,6 +66,14 @@ class Metrics:
             "first bot audio)", ["stage"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0),
             registry=r)
+        self.speech_wait = Histogram(
+            "voicedashd_speech_wait_seconds",
+            "Time model work (recognition, synthesis) waited for a free speech worker",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5),
+            registry=r)
+        self.speech_skipped = Counter(
+            "voicedashd_speech_skipped",
+            "Interim recognitions skipped because every speech worker was busy", registry=r)
         self.asyncio_tasks = Gauge(
             "voicedashd_asyncio_tasks", "Tasks on the asyncio loop that hosts the pipelines",
             registry=r)

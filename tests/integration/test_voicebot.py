@@ -24,7 +24,7 @@ from tests.voice_caller import SILENT_RMS, speak, voice_call
 from tests.voicebot_plugins import FAILING_EXTENSION
 
 REPO = Path(__file__).resolve().parents[2]
-QUESTION = "what are your opening hours"
+QUESTION = "What are your opening hours on Saturday?"
 KNOWLEDGE = """\
 # Bella Hair Salon
 
@@ -51,7 +51,7 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The caller's lines as PCMU: silence while the bot greets, the line, silence after."""
     directory = tmp_path_factory.mktemp("voice")
     return {
-        "question": speak(QUESTION, directory / "question.ul", lead=3.0, tail=2.0),
+        "question": speak(QUESTION, directory / "question.ul", lead=3.0, tail=4.0),
         "goodbye": speak("thank you goodbye", directory / "goodbye.ul", lead=3.0, tail=4.0),
         "hello": speak("hello", directory / "hello.ul", lead=3.0, tail=2.0),
     }

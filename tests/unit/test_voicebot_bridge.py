@@ -25,7 +25,13 @@ from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 from voicedashd.store import open_store
 from voicedashd.voicebot.bridge import Voicebot, VoicebotFailed, open_voicebot
-from voicedashd.voicebot.pipeline import CallHooks, build_models, build_pipeline, load_vad_model
+from voicedashd.voicebot.pipeline import (
+    CallHooks,
+    Models,
+    build_models,
+    build_pipeline,
+    load_vad_model,
+)
 
 CONFIG = """
 [sip]
@@ -214,11 +220,12 @@ voice = "alloy"
     info = CallInfo(call_id="c", tenant="acme", caller="555", caller_name=None, callee="1001",
                     callee_extension="1001", is_ai_handled=True, created_at=utc_now())
     async with trio_asyncio.open_loop() as loop:
-        models = await trio.to_thread.run_sync(build_models, config.voicebot,
-                                               await trio.to_thread.run_sync(load_vad_model))
+        vad = await trio.to_thread.run_sync(load_vad_model)
+        models = await trio.to_thread.run_sync(build_models, config.voicebot, Models(vad=vad))
 
         async def build() -> list[str]:
             hooks = CallHooks(inbox=None, outbox=None, events=None, offload=None,  # type: ignore[arg-type]
+                              try_offload=None,  # type: ignore[arg-type]
                               run_process=None, observe=lambda *_: None,  # type: ignore[arg-type]
                               environ={"LLM_KEY": "k"})
             pipeline = build_pipeline(info, config.voicebot, models, hooks)

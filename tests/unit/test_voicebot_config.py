@@ -40,7 +40,7 @@ def problems(tmp_path: Path, voicebot: str, environ: dict[str, str] | None = Non
 
 def test_defaults_work_offline(tmp_path: Path) -> None:
     bot = load(tmp_path, "").voicebot
-    assert (bot.stt.engine, bot.tts.engine, bot.llm.engine) == ("pocketsphinx", "espeak", "none")
+    assert (bot.stt.engine, bot.tts.engine, bot.llm.engine) == ("whisper", "hibari", "none")
     assert bot.knowledge is None and bot.processors == ()
     assert "{extension}" in bot.greeting and "{extension}" in bot.fallback
 

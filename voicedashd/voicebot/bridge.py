@@ -155,6 +155,7 @@ class Voicebot:
     environ: Mapping[str, str]
     models: Models
     generation: int
+    workers: trio.CapacityLimiter
     _reloading: trio.Lock = dataclasses.field(default_factory=trio.Lock)
 
     async def reload(self) -> None:
@@ -169,7 +170,7 @@ class Voicebot:
             self.generation = generation
             try:
                 self.models = await trio.to_thread.run_sync(build_models, config,
-                                                            self.models.vad)
+                                                            self.models)
             except Exception as exc:  # a bad plugin or folder: keep answering with the old
                 log.error("voicebot_reload_failed", generation=generation, error=str(exc))
                 return
@@ -199,8 +200,8 @@ class Voicebot:
         inbox, outbox, events = _Inbox(), _Outbox(out_send, session.rate), _Events(event_send)
         inbox.put(first.data)
         hooks = CallHooks(inbox=inbox, outbox=outbox, events=events, offload=self._offload,
-                          run_process=self._run_process, observe=self._observe,
-                          environ=self.environ)
+                          try_offload=self._try_offload, run_process=self._run_process,
+                          observe=self._observe, environ=self.environ)
         played = trio.Event()
         failure: str | None = None
         self.metrics.voicebot_pipelines.inc()
@@ -240,8 +241,24 @@ class Voicebot:
     # -- what the asyncio side may ask of Trio (see host.py) --------------------------------
 
     def _offload(self, fn: Callable[..., T], *args: Any) -> Any:
-        """An awaitable (asyncio side) running fn(*args) in a Trio worker thread."""
-        return trio_asyncio.trio_as_aio(trio.to_thread.run_sync, loop=self.loop)(fn, *args)
+        """An awaitable (asyncio side) running fn(*args) on a speech worker, waiting for one."""
+        return trio_asyncio.trio_as_aio(self._in_worker, loop=self.loop)(fn, *args)
+
+    def _try_offload(self, fn: Callable[..., T], *args: Any) -> Any:
+        """Like _offload, but resolves to None at once when every speech worker is busy."""
+        return trio_asyncio.trio_as_aio(self._in_idle_worker, loop=self.loop)(fn, *args)
+
+    async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        queued = trio.current_time()
+        async with self.workers:
+            self.metrics.speech_wait.observe(trio.current_time() - queued)
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def _in_idle_worker(self, fn: Callable[..., T], *args: Any) -> T | None:
+        if not self.workers.available_tokens:
+            self.metrics.speech_skipped.inc()
+            return None
+        return await self._in_worker(fn, *args)
 
     def _run_process(self, command: list[str], stdin: bytes) -> Any:
         """An awaitable (asyncio side) running a subprocess under Trio; its stdout."""
@@ -304,19 +321,20 @@ async def open_voicebot(live: LiveConfig, metrics: Metrics,
                         environ: Mapping[str, str] | None = None) -> AsyncIterator[Voicebot]:
     """Load the models and knowledge, open the asyncio loop; the Voicebot using them."""
     _route_pipecat_logs()
-    from .pipeline import build_models, load_vad_model
+    from .pipeline import Models, build_models, load_vad_model
 
     config = live.current.voicebot
     generation = live.generation
     vad = await trio.to_thread.run_sync(load_vad_model)
-    models = await trio.to_thread.run_sync(build_models, config, vad)
+    models = await trio.to_thread.run_sync(build_models, config, Models(vad=vad))
     async with trio_asyncio.open_loop() as loop:
         metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         log.info("voicebot_ready", stt=config.stt.engine, tts=config.tts.engine,
                  llm=config.llm.engine)
         yield Voicebot(live=live, metrics=metrics, loop=loop,
                        environ=os.environ if environ is None else environ, models=models,
-                       generation=generation)
+                       generation=generation,
+                       workers=trio.CapacityLimiter(config.speech_workers))
 
 
 async def serve_voicebot(live: LiveConfig, metrics: Metrics,

@@ -9,10 +9,18 @@ T = TypeVar("T")
 
 
 class Offload(Protocol):
-    """Run blocking or CPU-heavy work in a Trio worker thread; awaited from Pipecat code."""
+    """Run model inference or blocking work in a speech worker thread, waiting for a free one."""
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         """Call fn(*args) off the event loop and return its result."""
+        ...
+
+
+class TryOffload(Protocol):
+    """Like Offload, but only if a speech worker is free at once: None when all are busy."""
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """Call fn(*args) off the event loop if a worker is idle; else skip it."""
         ...
 
 

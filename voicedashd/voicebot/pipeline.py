@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnxruntime
@@ -22,18 +22,22 @@ from pipecat.workers.runner import WorkerRunner
 from ..config import LlmConfig, SttConfig, TtsConfig, VoicebotConfig, VoicebotOverride
 from ..errors import ListenerError
 from ..events import CallInfo
-from .host import CallEvents, Inbox, Observe, Offload, Outbox, RunProcess
+from .hibari_tts import HibariTTSService, HibariVoice
+from .host import CallEvents, Inbox, Observe, Offload, Outbox, RunProcess, TryOffload
 from .rag import KnowledgeBase
 from .responder import AnswerPolicy, Responder, Wording
-from .services import EspeakTTSService, PocketsphinxSTTService
+from .services import EspeakTTSService, PocketsphinxSTTService, WhisperSTTService
 from .sphinx import SAMPLE_RATE, SphinxModel, build_vocabulary
 from .transport import RtpTransport
 from .turns import Conversation, TurnClock
+from .whisper import WhisperRecognizer
 
 log = structlog.get_logger(__name__)
 
 ProcessorFactory = Callable[[CallInfo], FrameProcessor | None]
 CANCEL_TIMEOUT = 2.0  # a pipeline cancelled from outside stops within this
+DEFAULT_HIBARI_VOICE = "heart"  # the voice inside the hibari-tts wheel
+ESPEAK_WORDS_PER_MINUTE = 170  # tts.speed's default: hibari's natural pace
 
 
 class PluginError(ListenerError):
@@ -41,6 +45,10 @@ class PluginError(ListenerError):
 
     At start-up it is fatal like a listener that cannot bind: one line naming the setting.
     """
+
+
+class SpeechModelError(ListenerError):
+    """A speech model that cannot be loaded (fatal at start-up, one line naming the setting)."""
 
 
 def load_processor_factory(ref: str) -> ProcessorFactory:
@@ -90,16 +98,27 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
 
 @dataclass(frozen=True)
 class Models:
-    """What every call shares: the VAD model, knowledge bases, recognisers, plugins."""
+    """What every call shares: the VAD, speech models, knowledge bases, recognisers, plugins."""
 
     vad: onnxruntime.InferenceSession
-    knowledge: Mapping[Any, KnowledgeBase]
-    sphinx: Mapping[Any, SphinxModel]
-    plugins: tuple[ProcessorFactory, ...]
+    knowledge: Mapping[Any, KnowledgeBase] = field(default_factory=dict)
+    sphinx: Mapping[Any, SphinxModel] = field(default_factory=dict)
+    plugins: tuple[ProcessorFactory, ...] = ()
+    whisper: WhisperRecognizer | None = None
+    hibari: HibariVoice | None = None
 
 
-def build_models(config: VoicebotConfig, vad: onnxruntime.InferenceSession) -> Models:
-    """Index every knowledge folder, build its recogniser, load the plugins (blocking)."""
+def build_models(config: VoicebotConfig, loaded: Models) -> Models:
+    """Index the knowledge, load the speech models not loaded yet and the plugins (blocking)."""
+    whisper, hibari = loaded.whisper, loaded.hibari
+    try:
+        if config.stt.engine == "whisper" and whisper is None:
+            whisper = WhisperRecognizer.load(workers=config.speech_workers)
+        voice = config.tts.voice or DEFAULT_HIBARI_VOICE
+        if config.tts.engine == "hibari" and (hibari is None or hibari.name != voice):
+            hibari = HibariVoice.load(voice)
+    except ValueError as exc:  # the model files, or a voice not on this host
+        raise SpeechModelError(str(exc)) from None
     knowledge: dict[Any, KnowledgeBase] = {None: KnowledgeBase(())}
     for folder in config.knowledge_paths():
         knowledge[folder] = KnowledgeBase.from_folder(folder)
@@ -112,7 +131,8 @@ def build_models(config: VoicebotConfig, vad: onnxruntime.InferenceSession) -> M
                      passages=len(base.passages), words=vocabulary.words,
                      words_without_pronunciation=len(vocabulary.missing))
     plugins = tuple(load_processor_factory(ref) for ref in config.processors)
-    return Models(vad=vad, knowledge=knowledge, sphinx=sphinx, plugins=plugins)
+    return Models(vad=loaded.vad, knowledge=knowledge, sphinx=sphinx, plugins=plugins,
+                  whisper=whisper, hibari=hibari)
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,7 @@ class CallHooks:
     outbox: Outbox
     events: CallEvents
     offload: Offload
+    try_offload: TryOffload
     run_process: RunProcess
     observe: Observe
     environ: Mapping[str, str]
@@ -145,7 +166,7 @@ def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
                              turns=turns, observe=hooks.observe, rate=SAMPLE_RATE)
     vad = VADProcessor(vad_analyzer=SharedSileroVADAnalyzer(
         models.vad, VADParams(stop_secs=config.vad_stop)))
-    stt = _stt(config.stt, models.sphinx.get(chosen.knowledge), hooks)
+    stt = _stt(config.stt, models, models.sphinx.get(chosen.knowledge), hooks)
     plugins = [p for factory in models.plugins if (p := factory(call)) is not None]
     responder = Responder(
         knowledge=knowledge,
@@ -157,7 +178,7 @@ def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
                             use_llm=config.llm.engine != "none", barge_in=config.barge_in),
         conversation=conversation, turns=turns, observe=hooks.observe)
     llm = _llm(config.llm, hooks.environ)
-    tts = _tts(config.tts, hooks)
+    tts = _tts(config.tts, models, hooks)
     processors: list[FrameProcessor] = [transport.input(), vad, stt, *plugins, responder]
     if llm is not None:
         processors.append(llm)
@@ -169,8 +190,13 @@ def _key(section: SttConfig | TtsConfig | LlmConfig, environ: Mapping[str, str])
     return environ.get(section.api_key_env, "") if section.api_key_env else ""
 
 
-def _stt(config: SttConfig, sphinx: SphinxModel | None, hooks: CallHooks) -> FrameProcessor:
+def _stt(config: SttConfig, models: Models, sphinx: SphinxModel | None,
+         hooks: CallHooks) -> FrameProcessor:
     key = _key(config, hooks.environ)
+    if config.engine == "whisper":
+        assert models.whisper is not None, "build_models loads the configured recogniser"
+        return WhisperSTTService(recognizer=models.whisper, offload=hooks.offload,
+                                 try_offload=hooks.try_offload)
     if config.engine == "pocketsphinx":
         assert sphinx is not None, "every knowledge folder has a recogniser"
         return PocketsphinxSTTService(model=sphinx, offload=hooks.offload)
@@ -181,18 +207,19 @@ def _stt(config: SttConfig, sphinx: SphinxModel | None, hooks: CallHooks) -> Fra
         return DeepgramSTTService(api_key=key, base_url=config.base_url or "",
                                   sample_rate=SAMPLE_RATE,
                                   settings=DeepgramSTTService.Settings(**settings))
-    if config.engine == "openai":
-        from pipecat.services.openai.stt import OpenAISTTService
+    from pipecat.services.openai.stt import OpenAISTTService
 
-        return OpenAISTTService(api_key=key or "none", base_url=config.base_url,
-                                settings=OpenAISTTService.Settings(**settings))
-    from pipecat.services.whisper.stt import WhisperSTTService
-
-    return WhisperSTTService(settings=WhisperSTTService.Settings(**settings))
+    return OpenAISTTService(api_key=key or "none", base_url=config.base_url,
+                            settings=OpenAISTTService.Settings(**settings))
 
 
-def _tts(config: TtsConfig, hooks: CallHooks) -> FrameProcessor:
+def _tts(config: TtsConfig, models: Models, hooks: CallHooks) -> FrameProcessor:
     key = _key(config, hooks.environ)
+    if config.engine == "hibari":
+        assert models.hibari is not None, "build_models loads the configured voice"
+        return HibariTTSService(voice=models.hibari, offload=hooks.offload,
+                                observe=hooks.observe,
+                                speed=config.speed / ESPEAK_WORDS_PER_MINUTE)
     if config.engine == "espeak":
         return EspeakTTSService(run_process=hooks.run_process, observe=hooks.observe,
                                 voice=config.voice or "en-us", speed=config.speed)

@@ -1,7 +1,8 @@
-"""Offline Pipecat services: PocketSphinx speech recognition, espeak-ng speech synthesis."""
+"""Offline Pipecat services: Whisper and PocketSphinx recognition, espeak-ng synthesis."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from collections import deque
@@ -25,12 +26,111 @@ from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
-from .host import Observe, Offload, RunProcess
+from .host import Observe, Offload, RunProcess, TryOffload
 from .sphinx import SAMPLE_RATE, Recognizer, SphinxModel
+from .whisper import MAX_SECONDS, WhisperRecognizer
 
 INTERIM_EVERY = 0.3  # seconds of speech between interim transcripts
 PREROLL = 1.0  # seconds kept from before the VAD noticed speech (it notices ~0.5 s late)
+WHISPER_PREROLL = 0.5  # Whisper needs the onset, not a second of the line's noise before it
 ESPEAK = "espeak-ng"
+
+
+class _Utterance:
+    """The caller's audio of one turn: a rolling pre-roll, then everything until the stop."""
+
+    def __init__(self, preroll: float) -> None:
+        self._preroll: deque[bytes] = deque()
+        self._preroll_limit = int(preroll * SAMPLE_RATE * 2)
+        self._preroll_bytes = 0
+        self.audio = bytearray()
+        self.speaking = False
+
+    def add(self, pcm: bytes) -> None:
+        """Keep 20 ms of audio: as pre-roll before speech, in the utterance during it."""
+        if self.speaking:
+            self.audio += pcm
+            return
+        self._preroll.append(pcm)
+        self._preroll_bytes += len(pcm)
+        while self._preroll_bytes > self._preroll_limit:
+            self._preroll_bytes -= len(self._preroll.popleft())
+
+    def start(self) -> None:
+        """Speech began: the utterance opens with the pre-roll."""
+        self.speaking = True
+        self.audio = bytearray(b"".join(self._preroll))
+        self._preroll.clear()
+        self._preroll_bytes = 0
+
+    def take(self) -> bytes:
+        """The utterance so far, which starts afresh (the caller may still be speaking)."""
+        audio, self.audio = bytes(self.audio), bytearray()
+        return audio
+
+    @property
+    def seconds(self) -> float:
+        """Length of the utterance so far."""
+        return len(self.audio) / (SAMPLE_RATE * 2)
+
+
+class WhisperSTTService(STTService):
+    """Open-vocabulary recognition of each caller turn with the process-wide Whisper model.
+
+    The turn's audio is kept from the VAD's start (with a short pre-roll) to its stop. While
+    the caller speaks, the growing utterance is decoded again every INTERIM_EVERY seconds when
+    a speech worker is idle (an interim line; skipped under load), and once more at the stop
+    (the final line, which waits for a worker). Text the model writes for silence, tones or
+    noise is dropped, so such audio gives no transcript, and a final is never empty.
+    """
+
+    def __init__(self, *, recognizer: WhisperRecognizer, offload: Offload,
+                 try_offload: TryOffload, **kwargs: object) -> None:
+        super().__init__(audio_passthrough=False, sample_rate=SAMPLE_RATE,
+                         ttfs_p99_latency=0.3,
+                         settings=STTSettings(model="whisper-tiny.en", language="en"),
+                         **kwargs)  # type: ignore[arg-type]
+        self._final = functools.partial(recognizer.transcribe, final=True)
+        self._interim = functools.partial(recognizer.transcribe, final=False)
+        self._offload = offload
+        self._try_offload = try_offload
+        self._utterance = _Utterance(WHISPER_PREROLL)
+        self._interim_at = 0.0
+        self._last_interim = ""
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        """Take 20 ms of audio; while the caller speaks, guess the words so far now and then."""
+        self._utterance.add(audio)
+        if not self._utterance.speaking:
+            return
+        if self._utterance.seconds >= MAX_SECONDS - 1:  # one turn, several windows
+            await self._finish(self._utterance.take())
+            self._interim_at = 0.0
+            return
+        if self._utterance.seconds - self._interim_at < INTERIM_EVERY:
+            return
+        self._interim_at = self._utterance.seconds
+        heard = await self._try_offload(self._interim, bytes(self._utterance.audio))
+        if heard is not None and heard.is_speech() and heard.text != self._last_interim:
+            self._last_interim = heard.text
+            yield InterimTranscriptionFrame(heard.text, "", time_now_iso8601())
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Follow the VAD: open an utterance at its start, recognise it at its stop."""
+        if isinstance(frame, VADUserStartedSpeakingFrame) and not self._utterance.speaking:
+            self._utterance.start()
+            self._interim_at = 0.0
+            self._last_interim = ""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, VADUserStoppedSpeakingFrame) and self._utterance.speaking:
+            self._utterance.speaking = False
+            await self._finish(self._utterance.take())
+
+    async def _finish(self, audio: bytes) -> None:
+        heard = await self._offload(self._final, audio)
+        if heard.is_speech():
+            await self.push_frame(
+                TranscriptionFrame(heard.text, "", time_now_iso8601(), finalized=True))
 
 
 class PocketsphinxSTTService(STTService):
