@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from pipecat.frames.frames import (
@@ -17,19 +16,15 @@ from pipecat.frames.frames import (
     LLMTextFrame,
     StartFrame,
     TranscriptionFrame,
-    VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from .farewell import is_farewell
 from .host import Observe
 from .rag import KnowledgeBase
 from .turns import Conversation, TurnClock
-
-# The caller is done: the utterance ends with a goodbye, or is "that's all".
-_CLOSING = re.compile(r"(?:^|\s)(?:good\s?bye|bye)(?:\s+(?:thanks|thank you|now))?$"
-                      r"|^(?:no\s+)?that'?s all(?:\s+(?:thanks|thank you))?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +53,9 @@ class Responder(FrameProcessor):
     Without an LLM the answer is extractive (the best passage's most relevant sentences, or
     the fallback); with one, the retrieved passages and the conversation go to the LLM as
     its context. The answer goes downstream as an LLM-style response so the TTS service
-    speaks it sentence by sentence. A caller who starts speaking while the bot talks
-    interrupts it; a caller who says goodbye gets the farewell and the bot hangs up.
+    speaks it sentence by sentence. Words from the caller while the bot talks interrupt it
+    (recognised words, not mere sound: the bot's own echo or a cough does not); a final line
+    that only says goodbye gets the farewell, and the bot hangs up.
     """
 
     def __init__(self, *, knowledge: KnowledgeBase, wording: Wording, policy: AnswerPolicy,
@@ -81,13 +77,10 @@ class Responder(FrameProcessor):
             await self.push_frame(frame, direction)
             await self._say(self._wording.greeting)
         elif isinstance(frame, InterimTranscriptionFrame):
-            self._conversation.transcript(frame.text, is_final=False)
+            if self._conversation.transcript(frame.text, is_final=False):
+                await self._barge_in()
         elif isinstance(frame, TranscriptionFrame):
             await self._on_final(frame.text)
-        elif isinstance(frame, VADUserStartedSpeakingFrame):
-            if self._policy.barge_in and self._bot_speaking and not self._hanging_up:
-                await self.broadcast_interruption()
-            await self.push_frame(frame, direction)
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._turns.caller_stopped(frame.stop_secs)
             await self.push_frame(frame, direction)
@@ -96,14 +89,20 @@ class Responder(FrameProcessor):
                 self._bot_speaking = isinstance(frame, BotStartedSpeakingFrame)
             await self.push_frame(frame, direction)
 
+    async def _barge_in(self) -> None:
+        if self._policy.barge_in and self._bot_speaking and not self._hanging_up:
+            await self.broadcast_interruption()
+
     async def _on_final(self, text: str) -> None:
-        self._conversation.transcript(text, is_final=True)
+        if not self._conversation.transcript(text, is_final=True):
+            return  # the bot heard itself
+        await self._barge_in()
         latency = self._turns.transcript()
         if latency is not None:
             self._observe("stt", latency)
         if self._hanging_up:
             return
-        if self._wording.farewell and _CLOSING.search(text.strip().lower()):
+        if self._wording.farewell and is_farewell(text):
             self._hanging_up = True
             await self._say(self._wording.farewell)
             # Ends the pipeline once everything before it, the farewell included, is played.

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from .host import CallEvents
 
 HISTORY_MESSAGES = 12
+ECHO_WINDOW = 2.0  # seconds after the bot finished a sentence in which it may still come back
+ECHO_SHARE = 0.6  # a line whose words are mostly the bot's recent words is its echo
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 @dataclass
@@ -46,25 +55,54 @@ class TurnClock:
 
 @dataclass
 class Conversation:
-    """Passes a call's events on and keeps the call as chat messages (for an LLM's context)."""
+    """Passes a call's events on and keeps the call as chat messages (for an LLM's context).
+
+    It also remembers what the bot said lately: a line or phone that echoes lets the bot's
+    own voice come back as "caller" speech, which must not become the caller's words.
+    """
 
     events: CallEvents
     messages: list[dict[str, str]] = field(default_factory=list)
+    # (monotonic time the sentence finished playing, or None while it plays; its words)
+    _spoken: deque[tuple[float | None, frozenset[str]]] = field(
+        default_factory=lambda: deque(maxlen=8))
 
-    def transcript(self, text: str, *, is_final: bool) -> None:
-        """The caller said something; finals join the conversation."""
+    def transcript(self, text: str, *, is_final: bool) -> bool:
+        """The caller said something (finals join the conversation); False for the bot's echo."""
+        if self.is_echo(text):
+            return False
         self.events.transcript(text, is_final=is_final)
         if is_final:
             self._add("user", text)
+        return True
 
     def tts_started(self, text: str) -> None:
         """The bot started a sentence; it joins the bot's current message."""
+        self._sentence_ended()
+        self._spoken.append((None, frozenset(_words(text))))
         self.events.tts_started(text)
         self._add("assistant", text)
 
     def tts_completed(self) -> None:
         """The bot finished its sentence."""
+        self._sentence_ended()
         self.events.tts_completed()
+
+    def is_echo(self, text: str) -> bool:
+        """Whether a recognised line is mostly what the bot is saying or just said."""
+        words = _words(text)
+        if not words:
+            return False
+        now = time.monotonic()
+        recent = frozenset().union(*(spoken for ended, spoken in self._spoken
+                                     if ended is None or now - ended <= ECHO_WINDOW))
+        return sum(word in recent for word in words) >= ECHO_SHARE * len(words)
+
+    def _sentence_ended(self) -> None:
+        now = time.monotonic()
+        for index, (ended, spoken) in enumerate(self._spoken):
+            if ended is None:
+                self._spoken[index] = (now, spoken)
 
     def recent(self) -> list[dict[str, str]]:
         """The last HISTORY_MESSAGES messages."""
