@@ -49,14 +49,16 @@ ALWAYS_NOISE = frozenset({
     "the end", "music", "applause", "beep", "beeping", "silence", "blank audio", "no audio",
 })
 NOISE_WHEN_UNSURE = frozenset({
-    "thank you", "thanks", "bye", "bye bye", "goodbye", "okay", "oh", "um", "uh", "hmm", "mm",
-    "so", "yeah", "i", "the", "a", "huh",
+    "thank you", "thanks", "bye", "bye bye", "goodbye", "okay", "so", "yeah", "i", "the", "a",
 })
+# Sounds, not words: a line of nothing else says nothing (tones come out as "oh, oh, oh").
+FILLERS = frozenset({"oh", "uh", "um", "umm", "hmm", "mm", "mhm", "ah", "huh", "eh", "ooh"})
 _BRACKETED = re.compile(r"[\[(*♪][^\])*♪]*[\])*♪]")
 _WORDS = re.compile(r"[a-z0-9']+")
 UNSURE_LOGPROB = -0.6  # mean token log-probability below which a short line is doubted
 NO_SPEECH = 0.6  # Whisper's own rule: likely no speech ...
 NO_SPEECH_LOGPROB = -1.0  # ... and a low mean log-probability: nothing was said
+SURELY_NO_SPEECH = 0.8  # speech on our corpus stays below 0.35
 
 
 class ModelFilesError(ValueError):
@@ -84,7 +86,10 @@ class Transcription:
         phrase = " ".join(words)
         if phrase in ALWAYS_NOISE:
             return False
-        if self.no_speech_prob > NO_SPEECH and self.avg_logprob < NO_SPEECH_LOGPROB:
+        if all(word in FILLERS for word in words):
+            return False
+        if self.no_speech_prob > SURELY_NO_SPEECH or (
+                self.no_speech_prob > NO_SPEECH and self.avg_logprob < NO_SPEECH_LOGPROB):
             return False
         unsure = self.avg_logprob < UNSURE_LOGPROB or self.no_speech_prob > 0.3
         return not (unsure and phrase in NOISE_WHEN_UNSURE)
