@@ -164,8 +164,11 @@ class KnowledgeBase:
         if not hits:
             return None
         best = hits[0]
-        # A passage sharing too little of the question is a guess, not an answer.
-        if len(best.matched) < max(1, math.ceil(len(query_terms) / 2)):
+        # A passage sharing too little of the question is a guess, not an answer. Words the
+        # knowledge never uses (a caller's name, a misheard word) are no evidence either way,
+        # so half of the known ones must match, and a third of all.
+        known = query_terms & self._vocabulary
+        if len(best.matched) < max(math.ceil(len(known) / 2), math.ceil(len(query_terms) / 3)):
             return None
         ranked = []
         candidates = split_sentences(best.passage.text)
