@@ -31,7 +31,4 @@ setup_venv() {
         "$VENV/bin/pip" install -q --upgrade pip
     fi
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO$spec"
-    # Pipecat pins soxr ~= 1.0 but runs on 1.1, whose variable-rate engine gives the media
-    # resampler full quality with output every 20 ms (on 1.0 it falls back to its own filter).
-    "$VENV/bin/pip" install -q --disable-pip-version-check "soxr>=1.1,<2" 2>/dev/null
 }
