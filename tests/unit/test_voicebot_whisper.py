@@ -6,6 +6,7 @@ own decoder and resampler, as a caller's audio reaches the recogniser.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,8 +16,14 @@ import pytest
 import trio
 import trio_asyncio  # noqa: F401 - before Pipecat, see voicedashd/voicebot/__init__.py
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, TranscriptionFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+)
 from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from tests.pipecat_run import run_frames
 from voicedashd.media.g711 import PCMU
@@ -52,6 +59,17 @@ def upsample(pcm8: np.ndarray) -> bytes:
     resampler = Resampler(8000, RATE)
     chunks = [resampler.process(pcm8[i:i + 160]) for i in range(0, len(pcm8), 160)]
     return np.concatenate([*chunks, resampler.finish()]).astype("<i2").tobytes()
+
+
+class RealTime(FrameProcessor):
+    """Lets the caller's audio through at the pace it is spoken (as RTP brings it)."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Hold each audio frame for its own duration."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            await asyncio.sleep(len(frame.audio) / (2 * RATE))
+        await self.push_frame(frame, direction)
 
 
 def words(text: str) -> list[str]:
@@ -128,6 +146,7 @@ async def test_the_service_gives_interims_then_one_final(recognizer: WhisperReco
     vad_model = await trio.to_thread.run_sync(load_vad_model)
     heard = await run_frames(
         lambda offload: [
+            RealTime(),
             VADProcessor(vad_analyzer=SharedSileroVADAnalyzer(vad_model, VADParams())),
             WhisperSTTService(recognizer=recognizer, offload=offload, try_offload=offload)],
         [InputAudioRawFrame(audio[i:i + 640], RATE, 1) for i in range(0, len(audio), 640)],

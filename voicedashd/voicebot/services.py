@@ -7,6 +7,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
@@ -29,6 +30,9 @@ from pipecat.utils.time import time_now_iso8601
 from .host import Observe, Offload, RunProcess, TryOffload
 from .sphinx import SAMPLE_RATE, Recognizer, SphinxModel
 from .whisper import MAX_SECONDS, WhisperRecognizer
+
+if TYPE_CHECKING:
+    import asyncio  # for a type only: asyncio itself is the bridge's business
 
 INTERIM_EVERY = 0.3  # seconds of speech between interim transcripts
 PREROLL = 1.0  # seconds kept from before the VAD noticed speech (it notices ~0.5 s late)
@@ -78,10 +82,12 @@ class WhisperSTTService(STTService):
     """Open-vocabulary recognition of each caller turn with the process-wide Whisper model.
 
     The turn's audio is kept from the VAD's start (with a short pre-roll) to its stop. While
-    the caller speaks, the growing utterance is decoded again every INTERIM_EVERY seconds when
-    a speech worker is idle (an interim line; skipped under load), and once more at the stop
-    (the final line, which waits for a worker). Text the model writes for silence, tones or
-    noise is dropped, so such audio gives no transcript, and a final is never empty.
+    the caller speaks, the growing utterance is decoded again in the background every
+    INTERIM_EVERY seconds when a speech worker is idle (an interim line; one at a time, so a
+    long turn gets fewer of them rather than falling behind), and once more at the stop (the
+    final line, which waits for a worker). Audio never waits for a guess. Text the model
+    writes for silence, tones or noise is dropped, so such audio gives no transcript, and a
+    final is never empty.
     """
 
     def __init__(self, *, recognizer: WhisperRecognizer, offload: Offload,
@@ -95,25 +101,27 @@ class WhisperSTTService(STTService):
         self._offload = offload
         self._try_offload = try_offload
         self._utterance = _Utterance(WHISPER_PREROLL)
+        self._turn = 0  # counts turns, so a late guess never lands in the next one
+        self._guessing: asyncio.Task[None] | None = None
         self._interim_at = 0.0
         self._last_interim = ""
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        """Take 20 ms of audio; while the caller speaks, guess the words so far now and then."""
+        """Take 20 ms of audio; while the caller speaks, start a guess at the words now and then."""
         self._utterance.add(audio)
         if not self._utterance.speaking:
             return
         if self._utterance.seconds >= MAX_SECONDS - 1:  # one turn, several windows
-            await self._finish(self._utterance.take())
-            self._interim_at = 0.0
+            await self._finish()
+            self._utterance.speaking = True  # the caller is still talking
             return
-        if self._utterance.seconds - self._interim_at < INTERIM_EVERY:
-            return
-        self._interim_at = self._utterance.seconds
-        heard = await self._try_offload(self._interim, bytes(self._utterance.audio))
-        if heard is not None and heard.is_speech() and heard.text != self._last_interim:
-            self._last_interim = heard.text
-            yield InterimTranscriptionFrame(heard.text, "", time_now_iso8601())
+        due = self._utterance.seconds - self._interim_at >= INTERIM_EVERY
+        if due and (self._guessing is None or self._guessing.done()):
+            self._interim_at = self._utterance.seconds
+            self._guessing = self.create_task(
+                self._guess(bytes(self._utterance.audio), self._turn), "whisper-interim")
+        return
+        yield  # an async generator, as Pipecat expects; frames are pushed by the tasks
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Follow the VAD: open an utterance at its start, recognise it at its stop."""
@@ -123,14 +131,40 @@ class WhisperSTTService(STTService):
             self._last_interim = ""
         await super().process_frame(frame, direction)
         if isinstance(frame, VADUserStoppedSpeakingFrame) and self._utterance.speaking:
-            self._utterance.speaking = False
-            await self._finish(self._utterance.take())
+            await self._finish()
 
-    async def _finish(self, audio: bytes) -> None:
-        heard = await self._offload(self._final, audio)
+    async def stop(self, frame: EndFrame) -> None:
+        """No guess outlives the pipeline."""
+        await self._stop_guessing()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        """No guess outlives the pipeline."""
+        await self._stop_guessing()
+        await super().cancel(frame)
+
+    async def _guess(self, audio: bytes, turn: int) -> None:
+        heard = await self._try_offload(self._interim, audio)
+        if (heard is None or turn != self._turn or not heard.is_speech()
+                or heard.text == self._last_interim):
+            return
+        self._last_interim = heard.text
+        await self.push_frame(InterimTranscriptionFrame(heard.text, "", time_now_iso8601()))
+
+    async def _finish(self) -> None:
+        # A guess still running is left to finish on its worker and is then ignored: the
+        # final is decoded on another one meanwhile.
+        self._turn += 1
+        self._utterance.speaking = False
+        heard = await self._offload(self._final, self._utterance.take())
         if heard.is_speech():
             await self.push_frame(
                 TranscriptionFrame(heard.text, "", time_now_iso8601(), finalized=True))
+
+    async def _stop_guessing(self) -> None:
+        guessing, self._guessing = self._guessing, None
+        if guessing is not None and not guessing.done():
+            await self.cancel_task(guessing)
 
 
 class PocketsphinxSTTService(STTService):
