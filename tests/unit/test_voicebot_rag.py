@@ -95,6 +95,15 @@ def test_no_answer_when_nothing_matches(salon: KnowledgeBase, question: str) -> 
     assert salon.answer(question) is None
 
 
+@pytest.mark.parametrize("question", [
+    "How much does the hair cut cost?",  # the knowledge writes it as one word
+    "Hi, this is Maria Lopez, how much is a haircut for my son?",  # names weigh nothing
+])
+def test_open_vocabulary_questions_find_their_passage(salon: KnowledgeBase,
+                                                      question: str) -> None:
+    assert (salon.answer(question) or "").startswith("A haircut costs 25 pounds.")
+
+
 def test_search_ranks_and_reports_matched_terms(salon: KnowledgeBase) -> None:
     hits = salon.search("opening hours and prices", k=3)
     assert {h.passage.title.split(" - ")[-1] for h in hits[:2]} == {"Opening hours", "Prices"}

@@ -138,9 +138,16 @@ class KnowledgeBase:
         """Load and index a folder (None: an empty knowledge base)."""
         return cls(tuple(load_folder(folder)) if folder is not None else ())
 
+    def query_terms(self, query: str) -> list[str]:
+        """A question's search terms, with split compounds the knowledge writes as one word
+        ("hair cut" -> haircut) added."""
+        words = spoken_words(query)
+        joined = self.terms(" ".join(a + b for a, b in zip(words, words[1:], strict=False)))
+        return self.terms(query) + [t for t in joined if t in self._vocabulary]
+
     def search(self, query: str, k: int = 3) -> list[Hit]:
         """The best passages for a query, best first; only those sharing a term with it."""
-        terms = [t for t in self.terms(query) if t in self._vocabulary]
+        terms = [t for t in self.query_terms(query) if t in self._vocabulary]
         if self._index is None or not terms:
             return []
         k = min(k, len(self.passages))
@@ -157,7 +164,7 @@ class KnowledgeBase:
 
     def answer(self, query: str, *, sentences: int = 2) -> str | None:
         """An extractive answer: the best passage's most relevant sentences, or None."""
-        query_terms = set(self.terms(query))
+        query_terms = set(self.query_terms(query))
         if not query_terms:
             return None
         hits = self.search(query, k=1)
