@@ -97,7 +97,7 @@ def test_no_answer_when_nothing_matches(salon: KnowledgeBase, question: str) -> 
 
 @pytest.mark.parametrize("question", [
     "How much does the hair cut cost?",  # the knowledge writes it as one word
-    "Hi, this is Maria Lopez, how much is a haircut for my son?",  # names weigh nothing
+    "Hi, how much is a haircut?",  # "much" is unknown to the knowledge: no evidence against
 ])
 def test_open_vocabulary_questions_find_their_passage(salon: KnowledgeBase,
                                                       question: str) -> None:
