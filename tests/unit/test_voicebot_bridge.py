@@ -25,6 +25,7 @@ from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 from voicedashd.store import open_store
 from voicedashd.voicebot.bridge import Voicebot, VoicebotFailed, open_voicebot
+from voicedashd.voicebot.echo import EchoReference
 from voicedashd.voicebot.pipeline import (
     CallHooks,
     Models,
@@ -226,7 +227,7 @@ voice = "alloy"
         async def build() -> list[str]:
             hooks = CallHooks(inbox=None, outbox=None, events=None, offload=None,  # type: ignore[arg-type]
                               try_offload=None,  # type: ignore[arg-type]
-                              run_process=None, observe=lambda *_: None,  # type: ignore[arg-type]
+                              echo=EchoReference(), run_process=None, observe=lambda *_: None,  # type: ignore[arg-type]
                               environ={"LLM_KEY": "k"})
             pipeline = build_pipeline(info, config.voicebot, models, hooks)
             return [type(p).__name__ for p in pipeline.processors]

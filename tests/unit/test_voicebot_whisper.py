@@ -28,6 +28,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from tests.pipecat_run import run_frames
 from voicedashd.media.g711 import PCMU
 from voicedashd.media.resample import Resampler
+from voicedashd.voicebot.echo import EchoReference
 from voicedashd.voicebot.pipeline import SharedSileroVADAnalyzer, load_vad_model
 from voicedashd.voicebot.services import WhisperSTTService
 from voicedashd.voicebot.whisper import (
@@ -137,6 +138,29 @@ def test_the_bundled_model_is_the_published_one(tmp_path: Path) -> None:
         WhisperRecognizer.load(directory=tmp_path)
 
 
+def test_the_bots_voice_coming_back_is_told_from_the_caller(tmp_path: Path) -> None:
+    """Echo: the bot's audio 150 ms later, 6 dB down, through G.711 again; not the caller."""
+    bot = np.frombuffer(telephone_audio("Hello, you have reached Bella Hair Salon. How can I "
+                                        "help you?", tmp_path), dtype=np.int16)
+    caller = np.frombuffer(telephone_audio("What are your opening hours on Saturday?",
+                                           tmp_path), dtype=np.int16)
+    reference = EchoReference()
+    played_at = 1000.0
+    reference.played(bot.tobytes(), played_at)
+    delay = 0.15
+    echoed = PCMU.decode(PCMU.encode((bot[::2] // 2).astype(np.int16)))  # back at 8 kHz
+    heard = np.frombuffer(upsample(echoed), dtype=np.int16)
+    end = played_at + delay + len(heard) / RATE
+    assert reference.is_echo(heard.tobytes(), end)
+    assert not reference.is_echo(caller[:len(heard)].tobytes(), end)  # the caller, meanwhile
+    mixed = heard[:len(caller)].astype(np.int32) + caller[:len(heard)]
+    assert not reference.is_echo(np.clip(mixed, -32768, 32767).astype(np.int16).tobytes(),
+                                 played_at + delay + min(len(heard), len(caller)) / RATE)
+    assert not reference.is_echo(heard.tobytes(), end + 10)  # long after the bot spoke
+    reference.cut(played_at)  # barge-in before it played: nothing was played to echo
+    assert not reference.is_echo(heard.tobytes(), end)
+
+
 async def test_the_service_gives_interims_then_one_final(recognizer: WhisperRecognizer,
                                                          tmp_path: Path) -> None:
     """VAD + WhisperSTTService in a real Pipecat pipeline: guesses while the caller speaks,
@@ -148,7 +172,8 @@ async def test_the_service_gives_interims_then_one_final(recognizer: WhisperReco
         lambda offload: [
             RealTime(),
             VADProcessor(vad_analyzer=SharedSileroVADAnalyzer(vad_model, VADParams())),
-            WhisperSTTService(recognizer=recognizer, offload=offload, try_offload=offload)],
+            WhisperSTTService(recognizer=recognizer, echo=EchoReference(), offload=offload,
+                              try_offload=offload)],
         [InputAudioRawFrame(audio[i:i + 640], RATE, 1) for i in range(0, len(audio), 640)],
         (InterimTranscriptionFrame, TranscriptionFrame))
     finals = [f.text for f in heard if isinstance(f, TranscriptionFrame)]

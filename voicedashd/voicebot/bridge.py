@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +32,7 @@ from ..events import CallInfo, Speaker, SttTranscript, TtsCompleted, TtsStarted
 from ..livecfg import LiveConfig
 from ..media.session import MediaSession
 from ..metrics import Metrics
+from .echo import EchoReference
 
 if TYPE_CHECKING:
     from .pipeline import Models
@@ -73,10 +75,12 @@ class _Inbox:
 class _Outbox:
     """The bot's audio for the RTP sender, paced here so the sender holds ~PLAYOUT_LEAD."""
 
-    def __init__(self, channel: trio.MemorySendChannel[Any], rate: int) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[Any], rate: int,
+                 echo: EchoReference) -> None:
         self._channel = channel
         self._bytes_per_second = 2 * rate
-        self._playout = 0.0  # loop time when what was handed over so far has played
+        self._playout = 0.0  # monotonic time when what was handed over so far has played
+        self._echo = echo
         self.dropped = 0
 
     def _send(self, item: object) -> None:
@@ -87,9 +91,10 @@ class _Outbox:
 
     async def write(self, pcm: bytes) -> None:
         """Hand speech over, then wait until it is at most PLAYOUT_LEAD ahead of real time."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._playout = max(self._playout, now) + len(pcm) / self._bytes_per_second
+        now = time.monotonic()
+        start = max(self._playout, now)
+        self._playout = start + len(pcm) / self._bytes_per_second
+        self._echo.played(pcm, start)
         self._send(pcm)
         ahead = self._playout - now - PLAYOUT_LEAD
         if ahead > 0:
@@ -98,6 +103,7 @@ class _Outbox:
     def flush(self) -> None:
         """Barge-in: the sender drops what it holds; the next speech starts a new playout."""
         self._playout = 0.0
+        self._echo.cut(time.monotonic())
         self._send(_FLUSH)
 
     def end_of_speech(self) -> None:
@@ -197,11 +203,13 @@ class Voicebot:
         out_send, out_receive = trio.open_memory_channel[Any](OUTBOX_CHUNKS)
         event_send, event_receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](
             EVENT_QUEUE)
-        inbox, outbox, events = _Inbox(), _Outbox(out_send, session.rate), _Events(event_send)
+        echo = EchoReference()
+        inbox, outbox = _Inbox(), _Outbox(out_send, session.rate, echo)
+        events = _Events(event_send)
         inbox.put(first.data)
         hooks = CallHooks(inbox=inbox, outbox=outbox, events=events, offload=self._offload,
                           try_offload=self._try_offload, run_process=self._run_process,
-                          observe=self._observe, environ=self.environ)
+                          observe=self._observe, echo=echo, environ=self.environ)
         played = trio.Event()
         failure: str | None = None
         self.metrics.voicebot_pipelines.inc()

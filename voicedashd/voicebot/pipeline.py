@@ -22,6 +22,7 @@ from pipecat.workers.runner import WorkerRunner
 from ..config import LlmConfig, SttConfig, TtsConfig, VoicebotConfig, VoicebotOverride
 from ..errors import ListenerError
 from ..events import CallInfo
+from .echo import EchoReference
 from .hibari_tts import HibariTTSService, HibariVoice
 from .host import CallEvents, Inbox, Observe, Offload, Outbox, RunProcess, TryOffload
 from .rag import KnowledgeBase
@@ -146,6 +147,7 @@ class CallHooks:
     try_offload: TryOffload
     run_process: RunProcess
     observe: Observe
+    echo: EchoReference
     environ: Mapping[str, str]
 
 
@@ -195,8 +197,8 @@ def _stt(config: SttConfig, models: Models, sphinx: SphinxModel | None,
     key = _key(config, hooks.environ)
     if config.engine == "whisper":
         assert models.whisper is not None, "build_models loads the configured recogniser"
-        return WhisperSTTService(recognizer=models.whisper, offload=hooks.offload,
-                                 try_offload=hooks.try_offload)
+        return WhisperSTTService(recognizer=models.whisper, echo=hooks.echo,
+                                 offload=hooks.offload, try_offload=hooks.try_offload)
     if config.engine == "pocketsphinx":
         assert sphinx is not None, "every knowledge folder has a recogniser"
         return PocketsphinxSTTService(model=sphinx, offload=hooks.offload)

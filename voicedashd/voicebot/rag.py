@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -142,7 +143,7 @@ class KnowledgeBase:
         """A question's search terms, with split compounds the knowledge writes as one word
         ("hair cut" -> haircut) added."""
         words = spoken_words(query)
-        joined = self.terms(" ".join(a + b for a, b in zip(words, words[1:], strict=False)))
+        joined = self.terms(" ".join(a + b for a, b in itertools.pairwise(words)))
         return self.terms(query) + [t for t in joined if t in self._vocabulary]
 
     def search(self, query: str, k: int = 3) -> list[Hit]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import struct
 import time
 from collections import deque
@@ -27,9 +26,10 @@ from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from .echo import EchoReference
 from .host import Observe, Offload, RunProcess, TryOffload
 from .sphinx import SAMPLE_RATE, Recognizer, SphinxModel
-from .whisper import MAX_SECONDS, WhisperRecognizer
+from .whisper import MAX_SECONDS, Transcription, WhisperRecognizer
 
 if TYPE_CHECKING:
     import asyncio  # for a type only: asyncio itself is the bridge's business
@@ -90,14 +90,14 @@ class WhisperSTTService(STTService):
     final is never empty.
     """
 
-    def __init__(self, *, recognizer: WhisperRecognizer, offload: Offload,
-                 try_offload: TryOffload, **kwargs: object) -> None:
+    def __init__(self, *, recognizer: WhisperRecognizer, echo: EchoReference,
+                 offload: Offload, try_offload: TryOffload, **kwargs: object) -> None:
         super().__init__(audio_passthrough=False, sample_rate=SAMPLE_RATE,
                          ttfs_p99_latency=0.3,
                          settings=STTSettings(model="whisper-tiny.en", language="en"),
                          **kwargs)  # type: ignore[arg-type]
-        self._final = functools.partial(recognizer.transcribe, final=True)
-        self._interim = functools.partial(recognizer.transcribe, final=False)
+        self._recognizer = recognizer
+        self._echo = echo
         self._offload = offload
         self._try_offload = try_offload
         self._utterance = _Utterance(WHISPER_PREROLL)
@@ -143,9 +143,15 @@ class WhisperSTTService(STTService):
         await self._stop_guessing()
         await super().cancel(frame)
 
+    def _hear(self, audio: bytes, end: float, final: bool) -> Transcription | None:
+        """The caller's words in a turn (worker thread); None when it is the bot's echo."""
+        if self._echo.is_echo(audio, end):
+            return None
+        return self._recognizer.transcribe(audio, final=final)
+
     async def _guess(self, audio: bytes, turn: int) -> None:
-        heard = await self._try_offload(self._interim, audio)
-        if (heard is None or turn != self._turn or not heard.is_speech()
+        heard = await self._try_offload(self._hear, audio, time.monotonic(), False)
+        if (not heard or turn != self._turn or not heard.is_speech()
                 or heard.text == self._last_interim):
             return
         self._last_interim = heard.text
@@ -156,8 +162,8 @@ class WhisperSTTService(STTService):
         # final is decoded on another one meanwhile.
         self._turn += 1
         self._utterance.speaking = False
-        heard = await self._offload(self._final, self._utterance.take())
-        if heard.is_speech():
+        heard = await self._offload(self._hear, self._utterance.take(), time.monotonic(), True)
+        if heard is not None and heard.is_speech():
             await self.push_frame(
                 TranscriptionFrame(heard.text, "", time_now_iso8601(), finalized=True))
 
