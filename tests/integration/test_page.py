@@ -1,7 +1,8 @@
 """The dashboard page in headless Chromium (Selenium) against the real daemon, sipp and the bot.
 
-The callers are sipp playing a spoken question (espeak-ng) as RTP; the voice bot transcribes it
-and answers from a small knowledge folder, so the page shows real transcripts. Screenshots go
+The callers are sipp playing a spoken question (festival's voice, not the bot's) as RTP; the
+voice bot transcribes it and answers from a small knowledge folder, so the page shows real
+transcripts. Screenshots go
 to test-artifacts/ (gitignored).
 """
 
@@ -32,7 +33,7 @@ from tests.sipp import run_sipp
 from tests.voice_caller import speak
 
 TIMEOUT = 150
-QUESTION = "what are your opening hours"
+QUESTION = "What are your opening hours on Saturday?"
 GREETING = "Hello, how can I help?"
 KNOWLEDGE = """\
 # Bella Hair Salon

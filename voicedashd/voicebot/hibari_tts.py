@@ -24,6 +24,7 @@ from .sphinx import SAMPLE_RATE
 
 SILENCE = 1e-3  # -60 dBFS: below this the model's output is its noise floor, not speech
 MAX_TRAILING_SILENCE = 0.15  # seconds; hibari ends a sentence with ~0.25-0.5 s of quiet
+MAX_LEADING_SILENCE = 0.03  # seconds kept before the first sound of a sentence
 
 
 class HibariVoice:
@@ -65,13 +66,17 @@ class HibariVoice:
 
 
 def to_pipeline_pcm(audio: np.ndarray, rate: int) -> bytes:
-    """Float audio at rate as 16-bit PCM at the pipeline rate, trailing silence capped."""
+    """Float audio at rate as 16-bit PCM at the pipeline rate, silence at both ends capped."""
     # soxr's band-limited filter: dropping samples or interpolating would fold hibari's
     # 8-12 kHz fricatives back below 8 kHz as hiss.
     pcm = soxr.resample(np.asarray(audio, np.float32), rate, SAMPLE_RATE, quality="VHQ")
     loud = np.flatnonzero(np.abs(pcm) > SILENCE)
-    end = (int(loud[-1]) + 1 if len(loud) else 0) + int(MAX_TRAILING_SILENCE * SAMPLE_RATE)
-    pcm = pcm[:end]
+    if not len(loud):
+        return b""
+    # hibari opens every sentence with ~300 ms of digital silence: the caller would wait for it.
+    begin = max(0, int(loud[0]) - int(MAX_LEADING_SILENCE * SAMPLE_RATE))
+    end = int(loud[-1]) + 1 + int(MAX_TRAILING_SILENCE * SAMPLE_RATE)
+    pcm = pcm[begin:end]
     return np.clip(np.rint(pcm * 32767.0), -32768, 32767).astype("<i2").tobytes()
 
 
