@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bm25s
 import numpy as np
 import structlog
 
@@ -112,13 +111,21 @@ def load_folder(folder: Path) -> list[Passage]:
     return passages
 
 
+BM25_K1 = 1.5  # term-frequency saturation (Lucene's defaults)
+BM25_B = 0.75  # length normalisation
+
+
 @dataclass(eq=False)
 class KnowledgeBase:
-    """Passages with their BM25 index; built once (per start or reload), shared by calls."""
+    """Passages with their BM25 index; built once (per start or reload), shared by calls.
+
+    Lucene's BM25, written out: a folder is a few dozen passages, and the BM25 packages
+    bring a JIT compiler (numba, ~80 MB resident) the daemon would carry for nothing.
+    """
 
     passages: tuple[Passage, ...]
     terms: Terms = field(default_factory=Terms)
-    _index: bm25s.BM25 | None = None
+    _weights: dict[str, np.ndarray] = field(default_factory=dict)  # term -> score per passage
     _vocabulary: frozenset[str] = frozenset()
     _idf: dict[str, float] = field(default_factory=dict)
 
@@ -126,13 +133,16 @@ class KnowledgeBase:
         if not self.passages:
             return
         tokens = [self.terms(p.searchable) for p in self.passages]
-        index = bm25s.BM25()
-        index.index(tokens, show_progress=False)
-        self._index = index
         self._vocabulary = frozenset(t for doc in tokens for t in doc)
         df = Counter(t for doc in tokens for t in set(doc))
         n = len(tokens)
         self._idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+        lengths = np.array([len(doc) for doc in tokens], dtype=np.float64)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(1.0, float(lengths.mean())))
+        counts = [Counter(doc) for doc in tokens]
+        for term in self._vocabulary:
+            tf = np.array([c[term] for c in counts], dtype=np.float64)
+            self._weights[term] = self._idf[term] * tf * (BM25_K1 + 1) / (tf + norm)
 
     @classmethod
     def from_folder(cls, folder: Path | None) -> KnowledgeBase:
@@ -149,16 +159,17 @@ class KnowledgeBase:
     def search(self, query: str, k: int = 3) -> list[Hit]:
         """The best passages for a query, best first; only those sharing a term with it."""
         terms = [t for t in self.query_terms(query) if t in self._vocabulary]
-        if self._index is None or not terms:
+        if not terms:
             return []
-        k = min(k, len(self.passages))
-        ids, scores = self._index.retrieve([terms], k=k, show_progress=False, n_threads=0)
+        scores = np.sum([self._weights[t] for t in terms], axis=0)
+        ranked = sorted(range(len(self.passages)), key=lambda doc: (-scores[doc], doc))[:k]
         hits = []
         wanted = set(terms)
-        for doc, score in zip(np.ravel(ids), np.ravel(scores), strict=True):
+        for doc in ranked:
+            score = float(scores[doc])
             if score <= 0:
                 continue
-            passage = self.passages[int(doc)]
+            passage = self.passages[doc]
             matched = wanted & set(self.terms(passage.searchable))
             hits.append(Hit(passage, float(score), frozenset(matched)))
         return hits
