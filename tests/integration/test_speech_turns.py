@@ -369,15 +369,13 @@ async def test_noise_dtmf_and_silence_give_no_words(tmp_path: Path) -> None:
     assert session["rtp_in"] >= len(script), session
 
 
-async def test_long_message_without_goodbye_keeps_the_call(
-        tmp_path: Path, lines: dict[str, bytes]) -> None:
-    """A 15 s message with names and numbers and no farewell: transcribed, answered, and the
-    call stays up until the caller hangs up."""
-    assert speech_end(lines["message"]) - LEAD > 14
+async def stays_up_after(tmp_path: Path, line: bytes) -> tuple[RunningDaemon, str, str]:
+    """Play a line and hang up: the bot answered it with something other than the farewell,
+    never hung up itself, and the call ended with the caller's BYE. (daemon, call_id, heard)."""
     config = turns_config(tmp_path)
     with trio.fail_after(90):
         async with run_daemon(config.path) as daemon:
-            async with voice_call(config.sip_port, lines["message"]) as call:
+            async with voice_call(config.sip_port, line) as call:
                 call_id = await call_started(daemon)
                 await call.finished_talking.wait()
                 _, answer = await answer_to_last_final(daemon, call_id)
@@ -387,13 +385,23 @@ async def test_long_message_without_goodbye_keeps_the_call(
     assert ended["reason"] == "caller_hangup", events
     assert not call.bye_from_daemon.is_set()
     assert not logged(daemon, "voicebot_hung_up", call_id=call_id)
-    assert answer[0] not in FAREWELL, events  # the line that ended the message got an answer
+    assert answer[0] not in FAREWELL, events  # the line got an answer, not the farewell
     assert not set(said(daemon, call_id)) & set(FAREWELL), events
+    assert call.speech_end is not None
+    assert call.first_loud_after(call.speech_end) is not None  # the answer was heard
+    return daemon, call_id, " ".join(finals(daemon, call_id)).lower()
+
+
+async def test_long_message_without_goodbye_keeps_the_call(
+        tmp_path: Path, lines: dict[str, bytes]) -> None:
+    """A 15 s message with names and numbers and no farewell: transcribed, answered, and the
+    call stays up until the caller hangs up."""
+    assert speech_end(lines["message"]) - LEAD > 14
+    daemon, call_id, heard = await stays_up_after(tmp_path, lines["message"])
     # The message was heard, give or take Whisper tiny's slips (a word here and there).
-    heard = " ".join(finals(daemon, call_id)).lower()
     words = ("maria", "bakery", "church street", "saturday", "call me back", "chocolate",
              "cupcake")
-    assert sum(word in heard for word in words) >= 5, events
+    assert sum(word in heard for word in words) >= 5, call_log(daemon, call_id)
 
 
 async def test_okay_thanks_goodbye_ends_the_call(tmp_path: Path,
@@ -421,23 +429,8 @@ async def test_okay_thanks_goodbye_ends_the_call(tmp_path: Path,
 async def test_a_line_that_says_goodbye_to_something_else_keeps_the_call(
         tmp_path: Path, lines: dict[str, bytes]) -> None:
     """"goodbye" inside a longer line is not a farewell: the bot answers and stays."""
-    config = turns_config(tmp_path)
-    with trio.fail_after(60):
-        async with run_daemon(config.path) as daemon:
-            async with voice_call(config.sip_port, lines["not_goodbye"]) as call:
-                call_id = await call_started(daemon)
-                await call.finished_talking.wait()
-                _, answer = await answer_to_last_final(daemon, call_id)
-                assert not call.bye_from_daemon.is_set(), call_log(daemon, call_id)
-            ended = await daemon.wait_for_log("call_ended", call_id=call_id)
-    events = call_log(daemon, call_id)
-    heard = " ".join(finals(daemon, call_id)).lower()
-    assert "goodbye" in heard and "phone plan" in heard, events  # the line under test
-    assert answer[0] not in FAREWELL, events
-    assert not set(said(daemon, call_id)) & set(FAREWELL), events
-    assert ended["reason"] == "caller_hangup", events
-    assert not call.bye_from_daemon.is_set()
-    assert not logged(daemon, "voicebot_hung_up", call_id=call_id)
+    daemon, call_id, heard = await stays_up_after(tmp_path, lines["not_goodbye"])
+    assert "goodbye" in heard and "phone plan" in heard, call_log(daemon, call_id)
 
 
 async def test_an_utterance_of_two_seconds_shows_interims_before_its_final(
