@@ -7,12 +7,13 @@ arrival time, and answers a BYE from the daemon.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import shutil
 import struct
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,16 +161,24 @@ async def voice_call(sip_port: int, ulaw: bytes, *, extension: str = "1001",
                          (address.group(1), int(media.group(1))))
         await sip.send(sip.in_dialog("ACK", call_id=call_id, from_tag=from_tag,
                                      to_tag=call.to_tag, cseq=1, extension=extension))
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(call.listen)
-                nursery.start_soon(call.answer_bye)
-                nursery.start_soon(call.talk, ulaw)
-                yield call
-                if not call.bye_from_daemon.is_set():
-                    await call.hang_up()
-                    with trio.move_on_after(5):
-                        await call.bye_answered.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            rtp.close()
+        async with running(call, functools.partial(call.talk, ulaw)):
+            yield call
+
+
+@asynccontextmanager
+async def running(call: VoiceCall, talk: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Listen, answer the daemon's BYE and talk while the block runs; BYE on exit if the call
+    is still up; the RTP socket is closed after."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.listen)
+            nursery.start_soon(call.answer_bye)
+            nursery.start_soon(talk)
+            yield
+            if not call.bye_from_daemon.is_set():
+                await call.hang_up()
+                with trio.move_on_after(5):
+                    await call.bye_answered.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        call.rtp.close()

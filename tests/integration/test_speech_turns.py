@@ -39,6 +39,7 @@ from tests.voice_caller import (
     SILENT_RMS,
     VoiceCall,
     packet_levels,
+    running,
     speak,
     speech_end,
     voice_call,
@@ -258,19 +259,8 @@ async def scripted_call(sip_port: int, script: list[Packet], *, extension: str =
                             echo_delay=echo_delay)
         await sip.send(sip.in_dialog("ACK", call_id=call_id, from_tag=from_tag,
                                      to_tag=call.to_tag, cseq=1, extension=extension))
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(call.listen)
-                nursery.start_soon(call.answer_bye)
-                nursery.start_soon(call.send)
-                yield call
-                if not call.bye_from_daemon.is_set():
-                    await call.hang_up()
-                    with trio.move_on_after(5):
-                        await call.bye_answered.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            rtp.close()
+        async with running(call, call.send):
+            yield call
 
 
 # -- reading the daemon's log ---------------------------------------------------------------
