@@ -33,6 +33,7 @@ from ..livecfg import LiveConfig
 from ..media.session import MediaSession
 from ..metrics import Metrics
 from .echo import EchoReference
+from .priority import at_speech_priority
 
 if TYPE_CHECKING:
     from .pipeline import Models
@@ -175,8 +176,8 @@ class Voicebot:
             config = self.live.current.voicebot
             self.generation = generation
             try:
-                self.models = await trio.to_thread.run_sync(build_models, config,
-                                                            self.models)
+                self.models = await trio.to_thread.run_sync(at_speech_priority, build_models,
+                                                            config, self.models)
             except Exception as exc:  # a bad plugin or folder: keep answering with the old
                 log.error("voicebot_reload_failed", generation=generation, error=str(exc))
                 return
@@ -260,7 +261,7 @@ class Voicebot:
         queued = trio.current_time()
         async with self.workers:
             self.metrics.speech_wait.observe(trio.current_time() - queued)
-            return await trio.to_thread.run_sync(fn, *args)
+            return await trio.to_thread.run_sync(at_speech_priority, fn, *args)
 
     async def _in_idle_worker(self, fn: Callable[..., T], *args: Any) -> T | None:
         if not self.workers.available_tokens:
@@ -334,7 +335,9 @@ async def open_voicebot(live: LiveConfig, metrics: Metrics,
     config = live.current.voicebot
     generation = live.generation
     vad = await trio.to_thread.run_sync(load_vad_model)
-    models = await trio.to_thread.run_sync(build_models, config, Models(vad=vad))
+    # Models start their thread pools while loading: those threads inherit the low priority.
+    models = await trio.to_thread.run_sync(at_speech_priority, build_models, config,
+                                           Models(vad=vad))
     async with trio_asyncio.open_loop() as loop:
         metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         log.info("voicebot_ready", stt=config.stt.engine, tts=config.tts.engine,
