@@ -21,7 +21,15 @@ from .media.session import discard_inbound, open_media_session, session_settings
 from .metrics import Metrics
 from .sip.callee import callee_extension, request_domain
 from .sip.endpoint import ServerTx, SipEndpoint
-from .sip.fields import InvalidHeader, NameAddr, parse_cseq, parse_name_addr, split_header_values
+from .sip.fields import (
+    InvalidHeader,
+    NameAddr,
+    cseq_of,
+    new_tag,
+    parse_name_addr,
+    split_header_values,
+    tag_of,
+)
 from .sip.message import Headers, Request, Response
 from .sip.parser import make_response
 from .sip.sdp import (
@@ -142,7 +150,7 @@ class CallManager:
         """Answer a new request that opened a server transaction."""
         method = request.method
         if method == "INVITE":
-            if _tag(request.headers.get("To")):
+            if tag_of(request.headers.get("To")):
                 self._reinvite(request, tx)
             else:
                 self._invite(request, peer, tx)
@@ -152,11 +160,11 @@ class CallManager:
             self._cancel(request, tx)
         elif method == "OPTIONS":
             tx.respond(make_response(
-                request, 200, "OK", to_tag=_new_tag(),
+                request, 200, "OK", to_tag=new_tag(),
                 headers=[allow_header(), ("Accept", "application/sdp"), self._server_header()]))
         else:
             tx.respond(make_response(request, 405, "Method Not Allowed",
-                                     to_tag=_new_tag(), headers=[allow_header()]))
+                                     to_tag=new_tag(), headers=[allow_header()]))
 
     def handle_ack(self, ack: Request, peer: Peer) -> None:
         """An ACK for our 2xx confirms the dialog; stray ACKs are dropped (never answered)."""
@@ -194,27 +202,27 @@ class CallManager:
         if not config.sip.is_trusted(peer.host):
             log.warning("sip_invite_untrusted", peer=peer.host)
             tx.respond(make_response(request, 403, "Forbidden - source not trusted",
-                                     to_tag=_new_tag()))
+                                     to_tag=new_tag()))
             return
         if self.stopping:
             tx.respond(make_response(request, 503, "Service Unavailable - shutting down",
-                                     to_tag=_new_tag(),
+                                     to_tag=new_tag(),
                                      headers=[("Retry-After", RETRY_AFTER_STOPPING)]))
             return
         if _invite_id(request) in self._invites:
             # RFC 3261 §8.2.2.2: the same INVITE by another path (new branch) is a merged request.
-            tx.respond(make_response(request, 482, "Loop Detected", to_tag=_new_tag()))
+            tx.respond(make_response(request, 482, "Loop Detected", to_tag=new_tag()))
             return
         try:
             offer = parse_sdp(request.body)
         except SdpError as exc:
             tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
-                                     to_tag=_new_tag()))
+                                     to_tag=new_tag()))
             return
         call = self._new_call(request, peer, tx)
         if call is None:
             tx.respond(make_response(request, 400, "Bad Request - unusable From/To/Contact",
-                                     to_tag=_new_tag()))
+                                     to_tag=new_tag()))
             return
         # The answer is built before anything is allocated: no common codec costs nothing.
         try:
@@ -275,7 +283,7 @@ class CallManager:
             remote = parse_name_addr(headers.get("From") or "")
             local = parse_name_addr(headers.get("To") or "")
             contact = _first_contact(headers)
-            cseq, _ = parse_cseq(headers.get("CSeq") or "")
+            cseq, _ = cseq_of(headers)
         except (InvalidHeader, ValueError):
             return None
         remote_tag = remote.tag or ""
@@ -294,7 +302,7 @@ class CallManager:
         )
         route_set = [v for line in headers.get_all("Record-Route")
                      for v in split_header_values(line)]
-        return Call(info=info, sip_call_id=headers.get("Call-ID") or "", local_tag=_new_tag(),
+        return Call(info=info, sip_call_id=headers.get("Call-ID") or "", local_tag=new_tag(),
                     remote_tag=remote_tag, local_uri=headers.get("To") or "",
                     remote_uri=headers.get("From") or "",
                     remote_target=contact.uri if contact else remote.uri,
@@ -455,7 +463,7 @@ class CallManager:
         headers = Headers.of([
             ("Via", self.endpoint.new_via(call.peer.transport)),
             ("Max-Forwards", "70"),
-            ("From", call.local_uri if _tag(call.local_uri) else
+            ("From", call.local_uri if tag_of(call.local_uri) else
              f"{call.local_uri};tag={call.local_tag}"),
             ("To", call.remote_uri),
             ("Call-ID", call.sip_call_id),
@@ -494,31 +502,18 @@ def advertised_host(config: Config) -> str:
     return sip.listen.host
 
 
-def _new_tag() -> str:
-    return secrets.token_hex(6)
-
-
-def _tag(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return parse_name_addr(value).tag
-    except InvalidHeader:
-        return None
-
-
 def _dialog_key(request: Request) -> DialogKey:
-    return (request.headers.get("Call-ID") or "", _tag(request.headers.get("To")) or "",
-            _tag(request.headers.get("From")) or "")
+    return (request.headers.get("Call-ID") or "", tag_of(request.headers.get("To")) or "",
+            tag_of(request.headers.get("From")) or "")
 
 
 def _invite_id(request: Request) -> InviteId:
     """What ties a CANCEL to its INVITE besides the branch: Call-ID, From tag, CSeq number."""
     try:
-        number, _ = parse_cseq(request.headers.get("CSeq") or "")
+        number, _ = cseq_of(request.headers)
     except (InvalidHeader, ValueError):
         number = -1
-    return (request.headers.get("Call-ID") or "", _tag(request.headers.get("From")) or "",
+    return (request.headers.get("Call-ID") or "", tag_of(request.headers.get("From")) or "",
             number)
 
 

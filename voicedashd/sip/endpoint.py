@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,7 +10,14 @@ import structlog
 import trio
 
 from ..metrics import Metrics
-from .fields import InvalidHeader, format_via, parse_via, split_header_values
+from .fields import (
+    InvalidHeader,
+    format_via,
+    new_branch,
+    new_tag,
+    parse_via,
+    split_header_values,
+)
 from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
 from .transaction import (
@@ -37,7 +43,6 @@ log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 16
 _CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
-BRANCH_COOKIE = "z9hG4bK"
 
 
 class Core(Protocol):
@@ -114,7 +119,7 @@ class SipEndpoint:
         self.metrics.sip_requests.labels(method_label(request.method), str(status)).inc()
         try:
             self._stamp_via(request, peer)
-            response = make_response(request, status, reason, to_tag=_new_tag())
+            response = make_response(request, status, reason, to_tag=new_tag())
         except (InvalidHeader, ValueError):
             return  # without a usable Via there is nowhere to answer
         self._send_response(response, peer)
@@ -189,7 +194,7 @@ class SipEndpoint:
                           call_id=request.headers.get("Call-ID"))
             if tx.final_status is None:
                 tx.respond(make_response(request, 500, "Server Internal Error",
-                                         to_tag=_new_tag()))
+                                         to_tag=new_tag()))
 
     def _handle_response(self, response: Response) -> None:
         try:
@@ -238,8 +243,7 @@ class SipEndpoint:
         """Return a Via value for a request we originate, with a fresh branch."""
         host = self.via_host
         port = self.transport.local.port
-        return (f"SIP/2.0/{transport} {host}:{port};branch={BRANCH_COOKIE}"
-                f"{secrets.token_hex(8)};rport")
+        return f"SIP/2.0/{transport} {host}:{port};branch={new_branch()};rport"
 
     async def send_request(self, request: Request, destination: Peer) -> Response | None:
         """Send a non-INVITE request as a client transaction; its final response, or None."""
@@ -277,8 +281,4 @@ def _response_destination(message: Request | Response, peer: Peer) -> Peer:
 def method_label(method: str) -> str:
     """A metrics label for a method: known methods by name, anything else as "other"."""
     return method if method in KNOWN_METHODS else "other"
-
-
-def _new_tag() -> str:
-    return secrets.token_hex(6)
 
