@@ -37,6 +37,7 @@ from .transaction_runner import (
     run_client_transaction,
 )
 from .transport import Peer, Transport
+from .uri import InvalidUri, SipUri, UnsupportedUriScheme, parse_uri
 from .validate import KNOWN_METHODS, check_request
 
 log = structlog.get_logger(__name__)
@@ -92,10 +93,9 @@ class SipEndpoint:
     core: Core
     nursery: trio.Nursery
     metrics: Metrics
-    via_host: str
+    client: SipClient
     _server: dict[TransactionKey, ServerTransactionRunner] = field(default_factory=dict)
     _invites_by_ack: dict[TransactionKey, TransactionKey] = field(default_factory=dict)
-    _client: dict[TransactionKey, trio.MemorySendChannel[Response]] = field(default_factory=dict)
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -197,14 +197,7 @@ class SipEndpoint:
                                          to_tag=new_tag()))
 
     def _handle_response(self, response: Response) -> None:
-        try:
-            key = client_key(response)
-        except (InvalidHeader, InvalidTransactionHeaders):
-            return
-        inbox = self._client.get(key)
-        if inbox is not None:
-            with contextlib.suppress(*_CHANNEL_GONE):
-                inbox.send_nowait(response)
+        self.client.deliver(response)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -239,17 +232,59 @@ class SipEndpoint:
             return
         self.transport.send_nowait(data, destination)
 
+
+class SipClient:
+    """Sends our own requests (BYE) as client transactions; the endpoint hands it responses."""
+
+    def __init__(self, transport: Transport, via_host: str) -> None:
+        self.transport = transport
+        self.via_host = via_host
+        self._inboxes: dict[TransactionKey, trio.MemorySendChannel[Response]] = {}
+
     def new_via(self, transport: str) -> str:
         """Return a Via value for a request we originate, with a fresh branch."""
-        host = self.via_host
         port = self.transport.local.port
-        return f"SIP/2.0/{transport} {host}:{port};branch={new_branch()};rport"
+        return f"SIP/2.0/{transport} {self.via_host}:{port};branch={new_branch()};rport"
 
-    async def send_request(self, request: Request, destination: Peer) -> Response | None:
-        """Send a non-INVITE request as a client transaction; its final response, or None."""
+    def deliver(self, response: Response) -> None:
+        """Pass a response to the client transaction it answers; others are dropped."""
+        try:
+            key = client_key(response)
+        except (InvalidHeader, InvalidTransactionHeaders):
+            return
+        inbox = self._inboxes.get(key)
+        if inbox is not None:
+            with contextlib.suppress(*_CHANNEL_GONE):
+                inbox.send_nowait(response)
+
+    async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
+        """Where an in-dialog request goes: the dialog's TCP connection, or the URI's address."""
+        if dialog_peer.reliable:
+            return dialog_peer
+        try:
+            parsed = parse_uri(uri)
+        except (InvalidUri, UnsupportedUriScheme):
+            return dialog_peer
+        if not isinstance(parsed, SipUri):
+            return dialog_peer
+        port = parsed.port or (5061 if parsed.scheme == "sips" else 5060)
+        host = parsed.host.strip("[]")
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+        except OSError:
+            return dialog_peer
+        return Peer("UDP", infos[0][4][0], port)
+
+    async def send_request(self, request: Request, destination: Peer, *,
+                           nursery: trio.Nursery) -> Response | None:
+        """Send a non-INVITE request (our Via added on top); its final response, or None.
+
+        The transaction lingers in nursery after the answer, to absorb retransmitted responses.
+        """
+        request.headers.items.insert(0, ("Via", self.new_via(destination.transport)))
         key = client_key(request)
         send, receive = trio.open_memory_channel[Response](INBOX_SIZE)
-        self._client[key] = send
+        self._inboxes[key] = send
         tx = NonInviteClientTransaction(request, reliable=destination.reliable)
 
         async def transmit(message: Request | Response) -> None:
@@ -259,9 +294,9 @@ class SipEndpoint:
             try:
                 await run_client_transaction(tx, receive, transmit, task_status=task_status)
             finally:
-                self._client.pop(key, None)
+                self._inboxes.pop(key, None)
 
-        return await self.nursery.start(run)
+        return await nursery.start(run)
 
 
 def _response_destination(message: Request | Response, peer: Peer) -> Peer:
