@@ -17,6 +17,7 @@ from .fields import (
     new_tag,
     parse_via,
     split_header_values,
+    top_via,
 )
 from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
@@ -303,10 +304,9 @@ def _response_destination(message: Request | Response, peer: Peer) -> Peer:
     """Where a response goes: the connection it came on, or the top Via's received/rport."""
     if peer.reliable:
         return peer
-    values = message.headers.get_all("Via")
     try:
-        via = parse_via(split_header_values(values[0])[0])
-    except (InvalidHeader, IndexError):
+        via = top_via(message.headers)
+    except InvalidHeader:
         return peer
     host = via.received or via.host
     port = via.rport or (peer.port if via.rport_requested else via.port or 5060)
