@@ -1,4 +1,4 @@
-"""CallManager: dialog state (INVITE → ringing → answered → confirmed → ended), callee, tenant."""
+"""One call's wiring: each SIP dialog to its RTP ports, media session, voice bot and bus."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import enum
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 import trio
@@ -19,22 +20,32 @@ from .media.ports import PortsExhausted, RtpPortPool, RtpSockets
 from .media.sender import MediaClock
 from .media.session import discard_inbound, open_media_session, session_settings
 from .metrics import Metrics
-from .sip.callee import callee_extension, request_domain
-from .sip.endpoint import ServerTx, SipEndpoint
-from .sip.fields import InvalidHeader, NameAddr, parse_cseq, parse_name_addr, split_header_values
-from .sip.message import Headers, Request, Response
-from .sip.parser import make_response
-from .sip.sdp import (
-    Answer,
-    NoCommonCodec,
-    SdpError,
-    SessionDescription,
-    build_answer,
-    parse_sdp,
+from .sip.dialog import (
+    ACK_TIMEOUT,
+    Action,
+    Confirmed,
+    Dialog,
+    DialogKey,
+    DialogState,
+    Ended,
+    InvalidInvite,
+    Invite,
+    InviteKey,
+    MediaChanged,
+    Respond,
+    SendRequest,
+    dialog_key,
+    invite_key,
+    parse_invite,
+    unknown_dialog,
 )
-from .sip.transaction import Action, PassToCore, Timeout
+from .sip.endpoint import ServerTx
+from .sip.fields import new_tag, tag_of
+from .sip.message import Request, Response
+from .sip.parser import make_response
+from .sip.transaction import Action as TransactionAction
+from .sip.transaction import PassToCore
 from .sip.transport import Peer
-from .sip.uri import InvalidUri, SipUri, TelUri, UnsupportedUriScheme, parse_uri
 from .sip.validate import allow_header
 from .voicebot import CallBot
 
@@ -45,7 +56,7 @@ RETRY_AFTER_STOPPING = "30"
 
 
 class CallState(enum.StrEnum):
-    """Where a call's dialog is."""
+    """Where a call is, as the API shows it."""
 
     RINGING = "ringing"
     ANSWERED = "answered"
@@ -53,8 +64,25 @@ class CallState(enum.StrEnum):
     ENDED = "ended"
 
 
-DialogKey = tuple[str, str, str]
-InviteId = tuple[str, str, int]  # Call-ID, From tag, CSeq number
+_STATE_OF_DIALOG = {
+    DialogState.EARLY: CallState.RINGING,
+    DialogState.ANSWERED: CallState.ANSWERED,
+    DialogState.CONFIRMED: CallState.CONFIRMED,
+    DialogState.TERMINATED: CallState.ENDED,
+}
+
+
+class Requests(Protocol):
+    """What the calls need to send their own requests (our BYE): a `SipClient`."""
+
+    async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
+        """Where a request to uri goes."""
+        ...
+
+    async def send_request(self, request: Request, destination: Peer, *,
+                           nursery: trio.Nursery) -> Response | None:
+        """Send request as a client transaction; its final response, or None."""
+        ...
 
 
 @dataclass(eq=False)
@@ -62,27 +90,18 @@ class Call:
     """One call: its dialog, who it is for, its media, and the scope of its task."""
 
     info: CallInfo
-    sip_call_id: str
-    local_tag: str
-    remote_tag: str
-    local_uri: str
-    remote_uri: str
-    remote_target: str
-    route_set: list[str]
+    dialog: Dialog
     peer: Peer
     invite: ServerTx
-    remote_cseq: int
-    local_cseq: int = field(default_factory=lambda: secrets.randbelow(2**16) + 1)
-    state: CallState = CallState.RINGING
-    answer: Answer | None = None
-    session_id: int = field(default_factory=lambda: secrets.randbelow(2**31))
-    session_version: int = 1
     media: RtpSockets | None = None
     confirmed_at: float | None = None
     started_at: datetime | None = None
     end_reason: EndReason | None = None
-    hang_up_with_bye: bool = False
+    running: bool = False  # the call task owns the media and does the cleanup
+    bye_in_flight: bool = False  # keeps the dialog findable for a BYE crossing ours
+    finished: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    settled: trio.Event = field(default_factory=trio.Event)  # no longer waiting for the ACK
     ended: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -91,34 +110,47 @@ class Call:
         return self.info.call_id
 
     @property
-    def dialog_key(self) -> DialogKey:
-        """Call-ID plus both tags: how in-dialog requests find the call."""
-        return (self.sip_call_id, self.local_tag, self.remote_tag)
-
-    @property
-    def invite_id(self) -> InviteId:
-        """What `_invite_id` gives for the call's INVITE, without parsing it again."""
-        return (self.sip_call_id, self.remote_tag, self.remote_cseq)
+    def state(self) -> CallState:
+        """Where the call is: its dialog's state, until the call has been cleaned up."""
+        return CallState.ENDED if self.finished else _STATE_OF_DIALOG[self.dialog.state]
 
 
-@dataclass
+def call_info(invite: Invite, tenant: str) -> CallInfo:
+    """A new call's public data, with a fresh public id."""
+    return CallInfo(call_id=secrets.token_hex(12), tenant=tenant, caller=invite.caller,
+                    caller_name=invite.caller_name, callee=invite.callee,
+                    callee_extension=invite.callee_extension, is_ai_handled=True,
+                    created_at=utc_now())
+
+
+def end_reason(reason: str) -> EndReason:
+    """The EndReason of a dialog's end reason (anything unknown is an error)."""
+    try:
+        return EndReason(reason)
+    except ValueError:
+        return EndReason.ERROR
+
+
 class CallManager:
-    """The SIP transaction user: answers calls and keeps their dialogs until they end."""
+    """The SIP transaction user: runs each call's dialog and wires it to media and the bot."""
 
-    live: LiveConfig
-    bus: EventBus
-    metrics: Metrics
-    ports: RtpPortPool
-    calls_nursery: trio.Nursery
-    endpoint: SipEndpoint | None = None
-    voicebot: CallBot | None = None
-    media_clock: MediaClock = field(default_factory=MediaClock)
-    stopping: bool = False
-    _byes_in_flight: int = 0
-    _dialogs: dict[DialogKey, Call] = field(default_factory=dict)
-    _calls: dict[str, Call] = field(default_factory=dict)
-    _invites: dict[InviteId, Call] = field(default_factory=dict)
-    _idle: trio.Event = field(default_factory=trio.Event)
+    def __init__(self, live: LiveConfig, bus: EventBus, metrics: Metrics, ports: RtpPortPool,
+                 sip: Requests, nursery: trio.Nursery, *, voicebot: CallBot | None = None,
+                 media_clock: MediaClock | None = None) -> None:
+        self.live = live
+        self.bus = bus
+        self.metrics = metrics
+        self.ports = ports
+        self.voicebot = voicebot
+        self.media_clock = media_clock or MediaClock()
+        self.stopping = False
+        self._sip = sip
+        self._nursery = nursery
+        self._byes_in_flight = 0
+        self._dialogs: dict[DialogKey, Call] = {}
+        self._calls: dict[str, Call] = {}
+        self._invites: dict[InviteKey, Call] = {}
+        self._idle = trio.Event()
 
     # -- queries -------------------------------------------------------------------------
 
@@ -130,55 +162,41 @@ class CallManager:
         """Return a live call by public id."""
         return self._calls.get(call_id)
 
-    @property
-    def endpoint_nursery(self) -> trio.Nursery:
-        """The SIP nursery, where transactions (and our BYEs) run."""
-        assert self.endpoint is not None, "the endpoint is attached before SIP is served"
-        return self.endpoint.nursery
-
     # -- the endpoint's Core protocol ----------------------------------------------------
 
     def handle_request(self, request: Request, peer: Peer, tx: ServerTx) -> None:
         """Answer a new request that opened a server transaction."""
         method = request.method
-        if method == "INVITE":
-            if _tag(request.headers.get("To")):
-                self._reinvite(request, tx)
-            else:
-                self._invite(request, peer, tx)
-        elif method == "BYE":
-            self._bye(request, tx)
+        if method == "INVITE" and tag_of(request.headers.get("To")) is None:
+            self._invite(request, peer, tx)
+        elif method in ("INVITE", "BYE"):
+            self._in_dialog(self._dialogs.get(dialog_key(request)), request, tx)
         elif method == "CANCEL":
-            self._cancel(request, tx)
+            self._in_dialog(self._invites.get(invite_key(request)), request, tx)
         elif method == "OPTIONS":
             tx.respond(make_response(
-                request, 200, "OK", to_tag=_new_tag(),
+                request, 200, "OK", to_tag=new_tag(),
                 headers=[allow_header(), ("Accept", "application/sdp"), self._server_header()]))
         else:
             tx.respond(make_response(request, 405, "Method Not Allowed",
-                                     to_tag=_new_tag(), headers=[allow_header()]))
+                                     to_tag=new_tag(), headers=[allow_header()]))
 
     def handle_ack(self, ack: Request, peer: Peer) -> None:
-        """An ACK for our 2xx confirms the dialog; stray ACKs are dropped (never answered)."""
-        call = self._dialogs.get(_dialog_key(ack))
-        if call is not None and call.state is CallState.ANSWERED:
-            self._confirm(call)
+        """An ACK for our 2xx goes to its dialog; stray ACKs are dropped (never answered)."""
+        self._ack(ack)
 
-    def transaction_action(self, request: Request, action: Action) -> None:
-        """React to the INVITE transaction: the ACK arrived, or it never did."""
-        if request.method != "INVITE":
-            return
-        if isinstance(action, PassToCore):
-            call = self._dialogs.get(_dialog_key(action.request))
-            if call is not None and call.state is CallState.ANSWERED:
-                self._confirm(call)
-        elif isinstance(action, Timeout) and action.kind == "ack":
-            call = next((c for c in self._calls.values() if c.invite.request is request), None)
-            if call is not None and call.state is CallState.ANSWERED:
-                log.warning("sip_ack_timeout", call_id=call.id)
-                self._finish(call, EndReason.ACK_TIMEOUT, send_bye=True)
+    def transaction_action(self, request: Request, action: TransactionAction) -> None:
+        """Take the ACK for our 2xx that the INVITE transaction passed up."""
+        # Its Timeout("ack") is not needed: the dialog keeps its own ACK timer.
+        if request.method == "INVITE" and isinstance(action, PassToCore):
+            self._ack(action.request)
 
-    # -- INVITE --------------------------------------------------------------------------
+    def _ack(self, ack: Request) -> None:
+        call = self._dialogs.get(dialog_key(ack))
+        if call is not None:
+            self._perform(call, call.dialog.receive(ack, trio.current_time()))
+
+    # -- requests into dialogs -----------------------------------------------------------
 
     def _server_header(self) -> tuple[str, str]:
         return ("Server", self.live.current.sip.user_agent)
@@ -194,116 +212,103 @@ class CallManager:
         if not config.sip.is_trusted(peer.host):
             log.warning("sip_invite_untrusted", peer=peer.host)
             tx.respond(make_response(request, 403, "Forbidden - source not trusted",
-                                     to_tag=_new_tag()))
+                                     to_tag=new_tag()))
             return
         if self.stopping:
             tx.respond(make_response(request, 503, "Service Unavailable - shutting down",
-                                     to_tag=_new_tag(),
+                                     to_tag=new_tag(),
                                      headers=[("Retry-After", RETRY_AFTER_STOPPING)]))
             return
-        if _invite_id(request) in self._invites:
+        if invite_key(request) in self._invites:
             # RFC 3261 §8.2.2.2: the same INVITE by another path (new branch) is a merged request.
-            tx.respond(make_response(request, 482, "Loop Detected", to_tag=_new_tag()))
+            tx.respond(make_response(request, 482, "Loop Detected", to_tag=new_tag()))
             return
         try:
-            offer = parse_sdp(request.body)
-        except SdpError as exc:
-            tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
-                                     to_tag=_new_tag()))
+            invite = parse_invite(request, transport=peer.transport)
+        except InvalidInvite as exc:
+            tx.respond(make_response(request, exc.status, exc.reason, to_tag=new_tag()))
             return
-        call = self._new_call(request, peer, tx)
-        if call is None:
-            tx.respond(make_response(request, 400, "Bad Request - unusable From/To/Contact",
-                                     to_tag=_new_tag()))
-            return
-        # The answer is built before anything is allocated: no common codec costs nothing.
-        try:
-            build_answer(offer, address=self.ports.address, port=9,
-                         session_id=call.session_id, session_version=call.session_version)
-        except NoCommonCodec:
-            tx.respond(make_response(request, 488, "Not Acceptable Here - no common codec",
-                                     to_tag=call.local_tag,
-                                     headers=[("Warning", '304 voicedashd "PCMU or PCMA"')]))
-            return
-        except SdpError as exc:
-            tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}",
-                                     to_tag=call.local_tag))
+        # The INVITE transaction (RFC 6026) already resends the 2xx and absorbs copies.
+        dialog = Dialog(invite, contact=self._contact(peer), user_agent=config.sip.user_agent,
+                        retransmit_2xx=False)
+        tenant = config.tenant_for_domain(invite.domain)
+        info = call_info(invite, tenant.name)
+        call = Call(info=info, dialog=dialog, peer=peer, invite=tx)
+        ringing = dialog.ring(trio.current_time())
+        if dialog.terminated:  # refused before it rang: nobody was told of this call
+            for action in ringing:
+                if isinstance(action, Respond):
+                    tx.respond(action.response)
             return
         self._register(call)
-        tx.respond(make_response(request, 180, "Ringing", to_tag=call.local_tag,
-                                 headers=[("Contact", self._contact(peer))]))
+        self._perform(call, ringing)
         try:
             call.media = self.ports.allocate()
         except PortsExhausted:
             log.error("rtp_ports_exhausted", call_id=call.id)
-            tx.respond(make_response(request, 503, "Service Unavailable - no RTP ports",
-                                     to_tag=call.local_tag))
-            self._finish(call, EndReason.ERROR, send_bye=False)
+            self._perform(call, dialog.reject(503, "Service Unavailable - no RTP ports"))
             return
         if config.sip.answer_delay:
-            self.endpoint_nursery.start_soon(self._answer_later, call, offer,
-                                             config.sip.answer_delay)
+            self._nursery.start_soon(self._answer_later, call, config.sip.answer_delay)
         else:
-            self._answer(call, offer)
+            self._answer(call)
 
-    async def _answer_later(self, call: Call, offer: SessionDescription, delay: float) -> None:
+    def _in_dialog(self, call: Call | None, request: Request, tx: ServerTx) -> None:
+        if call is None:
+            if request.method == "INVITE":
+                tx.respond(make_response(request, 100, "Trying"))
+            tx.respond(unknown_dialog(request))
+            return
+        self._perform(call, call.dialog.receive(request, trio.current_time()), tx)
+
+    async def _answer_later(self, call: Call, delay: float) -> None:
         """Let the call ring for `delay` (sip.answer_delay) unless it ends first, then answer."""
         with trio.move_on_after(delay):
             await call.ended.wait()
-        if call.state is CallState.RINGING:
-            self._answer(call, offer)
+        self._answer(call)
 
-    def _answer(self, call: Call, offer: SessionDescription) -> None:
-        """Send the 200 with our SDP answer; the ACK will confirm the call."""
-        assert call.media is not None
-        call.answer = build_answer(offer, address=call.media.address, port=call.media.port,
-                                   session_id=call.session_id,
-                                   session_version=call.session_version)
-        call.state = CallState.ANSWERED
-        call.invite.respond(self._ok_with_answer(call.invite.request, call, call.peer))
+    def _answer(self, call: Call) -> None:
+        """Send the 2xx with our media; the dialog's timers run until the ACK."""
+        if call.media is None or call.dialog.state is not DialogState.EARLY:
+            return
+        self._perform(call, call.dialog.answer(call.media.address, call.media.port,
+                                               trio.current_time()))
+        self._nursery.start_soon(self._keep_timers, call)
 
-    def _ok_with_answer(self, request: Request, call: Call, peer: Peer) -> Response:
-        assert call.answer is not None
-        return make_response(
-            request, 200, "OK", to_tag=call.local_tag, body=call.answer.body,
-            content_type="application/sdp",
-            headers=[("Contact", self._contact(peer)), allow_header(), self._server_header()])
+    async def _keep_timers(self, call: Call) -> None:
+        """Fire the dialog's timers (the ACK timeout) until it has none left."""
+        while (deadline := call.dialog.next_deadline) is not None:
+            with trio.move_on_at(deadline):
+                await call.settled.wait()
+            actions = call.dialog.timer_fired(trio.current_time())
+            if Ended(ACK_TIMEOUT) in actions:
+                log.warning("sip_ack_timeout", call_id=call.id)
+            self._perform(call, actions)
 
-    def _new_call(self, request: Request, peer: Peer, tx: ServerTx) -> Call | None:
-        headers = request.headers
-        try:
-            remote = parse_name_addr(headers.get("From") or "")
-            local = parse_name_addr(headers.get("To") or "")
-            contact = _first_contact(headers)
-            cseq, _ = parse_cseq(headers.get("CSeq") or "")
-        except (InvalidHeader, ValueError):
-            return None
-        remote_tag = remote.tag or ""
-        config = self.live.current
-        tenant = config.tenant_for_domain(request_domain(request))
-        extension = callee_extension(request) or ""
-        info = CallInfo(
-            call_id=secrets.token_hex(12),
-            tenant=tenant.name,
-            caller=_user_or_uri(remote.uri),
-            caller_name=remote.display_name or None,
-            callee=_user_or_uri(local.uri),
-            callee_extension=extension,
-            is_ai_handled=True,
-            created_at=utc_now(),
-        )
-        route_set = [v for line in headers.get_all("Record-Route")
-                     for v in split_header_values(line)]
-        return Call(info=info, sip_call_id=headers.get("Call-ID") or "", local_tag=_new_tag(),
-                    remote_tag=remote_tag, local_uri=headers.get("To") or "",
-                    remote_uri=headers.get("From") or "",
-                    remote_target=contact.uri if contact else remote.uri,
-                    route_set=route_set, peer=peer, invite=tx, remote_cseq=cseq)
+    # -- the one place dialog actions become I/O -----------------------------------------
+
+    def _perform(self, call: Call, actions: list[Action], tx: ServerTx | None = None) -> None:
+        for action in actions:
+            if isinstance(action, Respond):
+                target = call.invite if action.request is call.dialog.invite.request else tx
+                assert target is not None, "a response to a request the dialog was not fed"
+                target.respond(action.response)
+            elif isinstance(action, SendRequest):
+                self._byes_in_flight += 1
+                call.bye_in_flight = True
+                self._nursery.start_soon(self._send_bye, call, action)
+            elif isinstance(action, Confirmed):
+                self._confirm(call)
+            elif isinstance(action, MediaChanged):
+                log.info("call_media_updated", call_id=call.id, on_hold=action.answer.on_hold,
+                         progress="realtime")
+            elif isinstance(action, Ended):
+                self._end(call, end_reason(action.reason))
 
     def _register(self, call: Call) -> None:
         self._calls[call.id] = call
-        self._dialogs[call.dialog_key] = call
-        self._invites[call.invite_id] = call
+        self._dialogs[call.dialog.key] = call
+        self._invites[call.dialog.invite.key] = call
         if self._idle.is_set():
             self._idle = trio.Event()
         self.bus.register(call.info)
@@ -312,7 +317,7 @@ class CallManager:
                  progress="realtime")
 
     def _confirm(self, call: Call) -> None:
-        call.state = CallState.CONFIRMED
+        call.settled.set()
         call.confirmed_at = trio.current_time()
         call.started_at = utc_now()
         self.metrics.active_calls.inc()
@@ -321,88 +326,37 @@ class CallManager:
                       caller_name=info.caller_name, callee=info.callee,
                       callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
                       started_at=call.started_at)
-        self.calls_nursery.start_soon(self._run_call, call)
-
-    def _reinvite(self, request: Request, tx: ServerTx) -> None:
-        tx.respond(make_response(request, 100, "Trying"))
-        call = self._dialogs.get(_dialog_key(request))
-        if call is None or call.state is not CallState.CONFIRMED or call.media is None:
-            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
-            return
-        if request.body:
-            try:
-                offer = parse_sdp(request.body)
-                answer = build_answer(offer, address=call.media.address, port=call.media.port,
-                                      session_id=call.session_id,
-                                      session_version=call.session_version)
-                if call.answer is None or answer.body != call.answer.body:
-                    call.session_version += 1
-                    answer = build_answer(offer, address=call.media.address,
-                                          port=call.media.port, session_id=call.session_id,
-                                          session_version=call.session_version)
-            except SdpError as exc:
-                tx.respond(make_response(request, 488, f"Not Acceptable Here - {exc}"))
-                return
-            call.answer = answer
-            log.info("call_media_updated", call_id=call.id, on_hold=answer.on_hold,
-                     progress="realtime")
-        tx.respond(self._ok_with_answer(request, call, call.peer))
+        call.running = True
+        self._nursery.start_soon(self._run_call, call)
 
     # -- ending --------------------------------------------------------------------------
 
-    def _bye(self, request: Request, tx: ServerTx) -> None:
-        call = self._dialogs.get(_dialog_key(request))
-        if call is None or call.state is CallState.ENDED:
-            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
-            return
-        tx.respond(make_response(request, 200, "OK"))
-        self.hang_up(call, EndReason.CALLER_HANGUP, send_bye=False)
-
-    def _cancel(self, request: Request, tx: ServerTx) -> None:
-        call = self._invites.get(_invite_id(request))
-        if call is None:
-            tx.respond(make_response(request, 481, "Call/Transaction Does Not Exist"))
-            return
-        # RFC 3261 §9.2: a CANCEL for an INVITE already answered gets 200 and has no effect.
-        tx.respond(make_response(request, 200, "OK", to_tag=call.local_tag))
-        if call.state is CallState.RINGING:
-            call.invite.respond(make_response(call.invite.request, 487,
-                                              "Request Terminated", to_tag=call.local_tag))
-            self._finish(call, EndReason.CANCELLED, send_bye=False)
-
-    def hang_up(self, call: Call, reason: EndReason, *, send_bye: bool) -> None:
-        """End a call for a reason; a running call task is cancelled and finishes it."""
-        if call.state is CallState.CONFIRMED:
-            if call.end_reason is None:
-                call.end_reason = reason
-                call.hang_up_with_bye = send_bye
+    def _end(self, call: Call, reason: EndReason) -> None:
+        """The dialog ended: a running call task is cancelled and cleans up, else clean up now."""
+        call.settled.set()
+        if call.running:
+            call.end_reason = call.end_reason or reason
             call.scope.cancel()
         else:
-            self._finish(call, reason, send_bye=send_bye)
+            self._finish(call, reason)
 
-    def _finish(self, call: Call, reason: EndReason, *, send_bye: bool) -> None:
-        """The one place a call ends: release media, publish CallEnded, send BYE if asked."""
-        if call.state is CallState.ENDED:
+    def _finish(self, call: Call, reason: EndReason) -> None:
+        """The one place a call is cleaned up: release media, publish CallEnded."""
+        if call.finished:
             return
-        was_confirmed = call.state is CallState.CONFIRMED
-        call.state = CallState.ENDED
+        call.finished = True
         if call.media is not None:
             self.ports.release(call.media)
             call.media = None
-        if call.invite.final_status is None:
-            call.invite.respond(make_response(call.invite.request, 503, "Service Unavailable",
-                                              to_tag=call.local_tag))
-        self._invites.pop(call.invite_id, None)
-        self._dialogs.pop(call.dialog_key, None)
+        self._invites.pop(call.dialog.invite.key, None)
+        if not call.bye_in_flight:
+            self._dialogs.pop(call.dialog.key, None)
         call.ended.set()
         self._calls.pop(call.id, None)
         duration = trio.current_time() - call.confirmed_at if call.confirmed_at else 0.0
-        if was_confirmed:
+        if call.confirmed_at is not None:
             self.metrics.active_calls.dec()
         self.bus.emit(CallEnded, call.id, reason=reason, duration=round(duration, 3))
-        if send_bye:
-            self._byes_in_flight += 1
-            self.endpoint_nursery.start_soon(self._send_bye, call)
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -412,76 +366,76 @@ class CallManager:
     async def _run_call(self, call: Call) -> None:
         """Run one confirmed call to its end; whatever happens inside ends this call only."""
         reason = EndReason.ERROR
-        send_bye = True
         try:
             with call.scope:
                 await self._media_loop(call)
             reason = call.end_reason or EndReason.SHUTDOWN
-            send_bye = call.hang_up_with_bye if call.end_reason else True
-        except Exception:
+        except Exception:  # a voice bot failure (VoicebotFailed) or a media error
             log.exception("call_failed", call_id=call.id)
         finally:
-            self._finish(call, reason, send_bye=send_bye)
+            call.running = False
+            self._perform(call, call.dialog.hang_up(reason, trio.current_time()))
+            self._finish(call, call.end_reason or reason)
 
     async def _media_loop(self, call: Call) -> None:
         """Run the call's RTP session; end the call after media.timeout without inbound RTP."""
         assert call.media is not None
         config = self.live.current.media
-        bus, call_id = self.bus, call.id
+        bus, call_id, dialog = self.bus, call.id, call.dialog
 
         def on_dtmf(key: DtmfDigit) -> None:
             bus.emit(Dtmf, call_id, digit=key.digit, duration=key.duration)
 
-        async with open_media_session(call.media, lambda: call.answer,
+        async with open_media_session(call.media, lambda: dialog.answer_sdp,
                                       session_settings(config, call.id), call_id=call.id,
-                                      clock=self.media_clock, clock_nursery=self.calls_nursery,
+                                      clock=self.media_clock, clock_nursery=self._nursery,
                                       on_dtmf=on_dtmf) as session:
             if self.voicebot is None:
                 await discard_inbound(session)
             else:  # returns only if the bot hung up; raises if it failed
                 await self.voicebot.run(call.info, session, self.bus)
                 call.end_reason = call.end_reason or EndReason.BOT_HANGUP
-                call.hang_up_with_bye = True
         if session.timed_out:
             call.end_reason = EndReason.MEDIA_TIMEOUT
-            call.hang_up_with_bye = True
             log.warning("call_media_timeout", call_id=call.id, timeout=config.timeout)
 
-    async def _send_bye(self, call: Call) -> None:
-        """Send BYE in the dialog and wait briefly for its answer."""
-        assert self.endpoint is not None
-        call.local_cseq += 1
-        request_uri, routes, destination_uri = _route(call)
-        headers = Headers.of([
-            ("Via", self.endpoint.new_via(call.peer.transport)),
-            ("Max-Forwards", "70"),
-            ("From", call.local_uri if _tag(call.local_uri) else
-             f"{call.local_uri};tag={call.local_tag}"),
-            ("To", call.remote_uri),
-            ("Call-ID", call.sip_call_id),
-            ("CSeq", f"{call.local_cseq} BYE"),
-            *(("Route", r) for r in routes),
-            ("User-Agent", self.live.current.sip.user_agent),
-            ("Content-Length", "0"),
-        ])
-        bye = Request("BYE", request_uri, headers)
+    async def _send_bye(self, call: Call, bye: SendRequest) -> None:
+        """Send our BYE and wait briefly for its answer; a crossing BYE finds the dialog."""
         try:
-            destination = await _resolve(destination_uri, call.peer)
+            destination = await self._sip.resolve(bye.next_hop, call.peer)
             with trio.move_on_after(BYE_WAIT):
-                response = await self.endpoint.send_request(bye, destination)
+                response = await self._sip.send_request(bye.request, destination,
+                                                         nursery=self._nursery)
                 log.info("sip_bye_sent", call_id=call.id,
                          status=response.status if response else None)
         finally:
             self._byes_in_flight -= 1
+            call.bye_in_flight = False
+            if call.finished:
+                self._dialogs.pop(call.dialog.key, None)
             self._check_idle()
 
     async def stop(self) -> None:
         """Refuse new calls, hang up every call, and wait until all have ended and said BYE."""
         self.stopping = True
         for call in list(self._calls.values()):
-            self.hang_up(call, EndReason.SHUTDOWN, send_bye=True)
+            self._perform(call, call.dialog.hang_up(EndReason.SHUTDOWN, trio.current_time()))
         self._check_idle()
         await self._idle.wait()
+
+
+async def serve_calls(live: LiveConfig, bus: EventBus, metrics: Metrics, sip: Requests,
+                      voicebot: CallBot | None = None, *,
+                      task_status: trio.TaskStatus[CallManager] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+    """Run the calls nursery (one task per call) until cancelled; reports the CallManager."""
+    media = live.current.media
+    low, high = media.rtp_ports
+    ports = RtpPortPool(media.address, low, high)
+    async with trio.open_nursery() as nursery:
+        task_status.started(CallManager(live, bus, metrics, ports, sip, nursery,
+                                        voicebot=voicebot))
+        await trio.sleep_forever()  # the nursery stays open for calls yet to come
 
 
 def advertised_host(config: Config) -> str:
@@ -492,81 +446,3 @@ def advertised_host(config: Config) -> str:
     if sip.listen.host in ("0.0.0.0", "::"):
         return config.media.address
     return sip.listen.host
-
-
-def _new_tag() -> str:
-    return secrets.token_hex(6)
-
-
-def _tag(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return parse_name_addr(value).tag
-    except InvalidHeader:
-        return None
-
-
-def _dialog_key(request: Request) -> DialogKey:
-    return (request.headers.get("Call-ID") or "", _tag(request.headers.get("To")) or "",
-            _tag(request.headers.get("From")) or "")
-
-
-def _invite_id(request: Request) -> InviteId:
-    """What ties a CANCEL to its INVITE besides the branch: Call-ID, From tag, CSeq number."""
-    try:
-        number, _ = parse_cseq(request.headers.get("CSeq") or "")
-    except (InvalidHeader, ValueError):
-        number = -1
-    return (request.headers.get("Call-ID") or "", _tag(request.headers.get("From")) or "",
-            number)
-
-
-def _first_contact(headers: Headers) -> NameAddr | None:
-    value = headers.get("Contact")
-    if not value:
-        return None
-    return parse_name_addr(split_header_values(value)[0])
-
-
-def _user_or_uri(uri: str) -> str:
-    try:
-        parsed = parse_uri(uri)
-    except (InvalidUri, UnsupportedUriScheme):
-        return uri
-    if isinstance(parsed, TelUri):
-        return parsed.number
-    return parsed.user or parsed.host
-
-
-def _route(call: Call) -> tuple[str, list[str], str]:
-    """Request-URI, Route headers and next hop for an in-dialog request (RFC 3261 §12.2.1.1)."""
-    if not call.route_set:
-        return call.remote_target, [], call.remote_target
-    first = parse_name_addr(call.route_set[0]).uri
-    try:
-        loose = isinstance(parsed := parse_uri(first), SipUri) and parsed.lr
-    except (InvalidUri, UnsupportedUriScheme):
-        loose = True
-    if loose:
-        return call.remote_target, list(call.route_set), first
-    return first, [*call.route_set[1:], f"<{call.remote_target}>"], first
-
-
-async def _resolve(uri: str, dialog_peer: Peer) -> Peer:
-    """Where to send an in-dialog request: the dialog's TCP connection, or the URI's address."""
-    if dialog_peer.reliable:
-        return dialog_peer
-    try:
-        parsed = parse_uri(uri)
-    except (InvalidUri, UnsupportedUriScheme):
-        return dialog_peer
-    if not isinstance(parsed, SipUri):
-        return dialog_peer
-    port = parsed.port or (5061 if parsed.scheme == "sips" else 5060)
-    host = parsed.host.strip("[]")
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
-    except OSError:
-        return dialog_peer
-    return Peer("UDP", infos[0][4][0], port)

@@ -14,6 +14,7 @@ from .api.app import serve_api
 from .api.deps import ApiDeps
 from .auth import Authenticator
 from .bus import EventBus
+from .calls import advertised_host, serve_calls
 from .config import Config, ConfigError, load_config, restart_needed
 from .heap import settle_heap
 from .hub.server import serve_hub
@@ -22,7 +23,9 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .readiness import Readiness
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
+from .sip.endpoint import SipClient
 from .sip.serve import serve_sip
+from .sip.transport import open_transport
 from .store import open_store
 from .voicebot.bridge import serve_voicebot
 
@@ -85,7 +88,11 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 await nursery.start(store.run_writer)
                 bus = EventBus(store, metrics)
                 voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
-                calls = await nursery.start(serve_sip, live, bus, metrics, voicebot)
+                # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.
+                sip_transport = await open_transport(config.sip.listen)
+                sip_client = SipClient(sip_transport, advertised_host(config))
+                calls = await nursery.start(serve_calls, live, bus, metrics, sip_client, voicebot)
+                await nursery.start(serve_sip, sip_transport, calls, sip_client, metrics)
                 readiness.mark_up("sip")
                 authenticator = Authenticator(live, store)
                 api_deps = ApiDeps(live=live, store=store, metrics=metrics, readiness=readiness,

@@ -6,7 +6,7 @@ import trio
 
 from voicedashd.config import HostPort
 from voicedashd.metrics import Metrics
-from voicedashd.sip.endpoint import ServerTx, SipEndpoint
+from voicedashd.sip.endpoint import ServerTx, SipClient, SipEndpoint
 from voicedashd.sip.message import Request, Response
 from voicedashd.sip.parser import make_response, parse_message
 from voicedashd.sip.transaction import Action
@@ -40,7 +40,8 @@ async def test_a_response_that_cannot_be_serialised_is_dropped_and_the_next_one_
     port = transport.udp_port
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            endpoint = SipEndpoint(transport, core, nursery, Metrics(), "127.0.0.1")
+            endpoint = SipEndpoint(transport, core, nursery, Metrics(),
+                                   SipClient(transport, "127.0.0.1"))
             await nursery.start(transport.serve, endpoint.handle)
             peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             await peer.bind(("127.0.0.1", 0))

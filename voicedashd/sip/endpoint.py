@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,7 +10,15 @@ import structlog
 import trio
 
 from ..metrics import Metrics
-from .fields import InvalidHeader, format_via, parse_via, split_header_values
+from .fields import (
+    InvalidHeader,
+    format_via,
+    new_branch,
+    new_tag,
+    parse_via,
+    split_header_values,
+    top_via,
+)
 from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
 from .transaction import (
@@ -31,13 +38,13 @@ from .transaction_runner import (
     run_client_transaction,
 )
 from .transport import Peer, Transport
+from .uri import InvalidUri, SipUri, UnsupportedUriScheme, parse_uri
 from .validate import KNOWN_METHODS, check_request
 
 log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 16
 _CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
-BRANCH_COOKIE = "z9hG4bK"
 
 
 class Core(Protocol):
@@ -87,10 +94,9 @@ class SipEndpoint:
     core: Core
     nursery: trio.Nursery
     metrics: Metrics
-    via_host: str
+    client: SipClient
     _server: dict[TransactionKey, ServerTransactionRunner] = field(default_factory=dict)
     _invites_by_ack: dict[TransactionKey, TransactionKey] = field(default_factory=dict)
-    _client: dict[TransactionKey, trio.MemorySendChannel[Response]] = field(default_factory=dict)
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -114,7 +120,7 @@ class SipEndpoint:
         self.metrics.sip_requests.labels(method_label(request.method), str(status)).inc()
         try:
             self._stamp_via(request, peer)
-            response = make_response(request, status, reason, to_tag=_new_tag())
+            response = make_response(request, status, reason, to_tag=new_tag())
         except (InvalidHeader, ValueError):
             return  # without a usable Via there is nowhere to answer
         self._send_response(response, peer)
@@ -189,17 +195,10 @@ class SipEndpoint:
                           call_id=request.headers.get("Call-ID"))
             if tx.final_status is None:
                 tx.respond(make_response(request, 500, "Server Internal Error",
-                                         to_tag=_new_tag()))
+                                         to_tag=new_tag()))
 
     def _handle_response(self, response: Response) -> None:
-        try:
-            key = client_key(response)
-        except (InvalidHeader, InvalidTransactionHeaders):
-            return
-        inbox = self._client.get(key)
-        if inbox is not None:
-            with contextlib.suppress(*_CHANNEL_GONE):
-                inbox.send_nowait(response)
+        self.client.deliver(response)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -234,18 +233,59 @@ class SipEndpoint:
             return
         self.transport.send_nowait(data, destination)
 
+
+class SipClient:
+    """Sends our own requests (BYE) as client transactions; the endpoint hands it responses."""
+
+    def __init__(self, transport: Transport, via_host: str) -> None:
+        self.transport = transport
+        self.via_host = via_host
+        self._inboxes: dict[TransactionKey, trio.MemorySendChannel[Response]] = {}
+
     def new_via(self, transport: str) -> str:
         """Return a Via value for a request we originate, with a fresh branch."""
-        host = self.via_host
         port = self.transport.local.port
-        return (f"SIP/2.0/{transport} {host}:{port};branch={BRANCH_COOKIE}"
-                f"{secrets.token_hex(8)};rport")
+        return f"SIP/2.0/{transport} {self.via_host}:{port};branch={new_branch()};rport"
 
-    async def send_request(self, request: Request, destination: Peer) -> Response | None:
-        """Send a non-INVITE request as a client transaction; its final response, or None."""
+    def deliver(self, response: Response) -> None:
+        """Pass a response to the client transaction it answers; others are dropped."""
+        try:
+            key = client_key(response)
+        except (InvalidHeader, InvalidTransactionHeaders):
+            return
+        inbox = self._inboxes.get(key)
+        if inbox is not None:
+            with contextlib.suppress(*_CHANNEL_GONE):
+                inbox.send_nowait(response)
+
+    async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
+        """Where an in-dialog request goes: the dialog's TCP connection, or the URI's address."""
+        if dialog_peer.reliable:
+            return dialog_peer
+        try:
+            parsed = parse_uri(uri)
+        except (InvalidUri, UnsupportedUriScheme):
+            return dialog_peer
+        if not isinstance(parsed, SipUri):
+            return dialog_peer
+        port = parsed.port or (5061 if parsed.scheme == "sips" else 5060)
+        host = parsed.host.strip("[]")
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
+        except OSError:
+            return dialog_peer
+        return Peer("UDP", infos[0][4][0], port)
+
+    async def send_request(self, request: Request, destination: Peer, *,
+                           nursery: trio.Nursery) -> Response | None:
+        """Send a non-INVITE request (our Via added on top); its final response, or None.
+
+        The transaction lingers in nursery after the answer, to absorb retransmitted responses.
+        """
+        request.headers.items.insert(0, ("Via", self.new_via(destination.transport)))
         key = client_key(request)
         send, receive = trio.open_memory_channel[Response](INBOX_SIZE)
-        self._client[key] = send
+        self._inboxes[key] = send
         tx = NonInviteClientTransaction(request, reliable=destination.reliable)
 
         async def transmit(message: Request | Response) -> None:
@@ -255,19 +295,18 @@ class SipEndpoint:
             try:
                 await run_client_transaction(tx, receive, transmit, task_status=task_status)
             finally:
-                self._client.pop(key, None)
+                self._inboxes.pop(key, None)
 
-        return await self.nursery.start(run)
+        return await nursery.start(run)
 
 
 def _response_destination(message: Request | Response, peer: Peer) -> Peer:
     """Where a response goes: the connection it came on, or the top Via's received/rport."""
     if peer.reliable:
         return peer
-    values = message.headers.get_all("Via")
     try:
-        via = parse_via(split_header_values(values[0])[0])
-    except (InvalidHeader, IndexError):
+        via = top_via(message.headers)
+    except InvalidHeader:
         return peer
     host = via.received or via.host
     port = via.rport or (peer.port if via.rport_requested else via.port or 5060)
@@ -277,8 +316,4 @@ def _response_destination(message: Request | Response, peer: Peer) -> Peer:
 def method_label(method: str) -> str:
     """A metrics label for a method: known methods by name, anything else as "other"."""
     return method if method in KNOWN_METHODS else "other"
-
-
-def _new_tag() -> str:
-    return secrets.token_hex(6)
 

@@ -31,6 +31,11 @@ _CSEQ = re.compile(rf"([0-9]+)[ \t]+([{TOKEN_CHARS}]+)")
 _URI_BAD_BRACKETED = re.compile(r"[ \t<>\"]")
 _URI_BAD_BARE = re.compile(r"[ \t<>\",?]")
 
+# RFC 3261 §8.1.1.7: a branch starting with this says it was made unique the RFC 3261 way.
+MAGIC_COOKIE = "z9hG4bK"
+# A tag read from a From/To value that does not parse (a stateless reply still needs it).
+_LOOSE_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s]+)", re.IGNORECASE)
+
 MULTI_VALUE_HEADERS = frozenset(
     {"Via", "Contact", "Route", "Record-Route", "Diversion", "History-Info"}
 )
@@ -52,8 +57,13 @@ def parse_uint(text: str, *, maximum: int) -> int:
 
 
 def new_tag() -> str:
-    """Return a fresh random tag (or branch suffix) value with 64 bits of randomness."""
+    """Return a fresh random tag value with 64 bits of randomness."""
     return secrets.token_hex(8)
+
+
+def new_branch() -> str:
+    """Return a fresh RFC 3261 branch: the magic cookie and 64 bits of randomness."""
+    return MAGIC_COOKIE + secrets.token_hex(8)
 
 
 def is_token(text: str) -> bool:
@@ -279,6 +289,28 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return number, parts[1]
 
 
+def top_via(headers: Headers) -> Via:
+    """Parse the first element of the first Via line of a message."""
+    first = headers.get("Via")
+    if first is None:
+        raise InvalidHeader("no Via header")
+    values = split_header_values(first)
+    if not values:
+        raise InvalidHeader("empty Via header")
+    return parse_via(values[0])
+
+
+def cseq_of(headers: Headers) -> tuple[int, str]:
+    """Return the (sequence number, method) of a message's CSeq header."""
+    value = headers.get("CSeq")
+    if value is None:
+        raise InvalidHeader("no CSeq header")
+    try:
+        return parse_cseq(value)
+    except InvalidHeader as exc:
+        raise InvalidHeader(f"bad CSeq: {exc}") from exc
+
+
 @dataclass(slots=True)
 class NameAddr:
     """A name-addr or addr-spec header value with its header parameters (From, To, Contact, …)."""
@@ -337,3 +369,15 @@ def format_name_addr(addr: NameAddr) -> str:
     """Format a NameAddr as '"Name" <uri>;params' (always bracketed)."""
     display = "" if addr.display_name is None else quote(addr.display_name) + " "
     return f"{display}<{addr.uri}>{format_params(addr.params)}"
+
+
+def tag_of(value: str | None) -> str | None:
+    """Return the tag of a From/To value, or None; read leniently from a malformed one."""
+    if not value:
+        return None
+    try:
+        return parse_name_addr(value).tag
+    except InvalidHeader:
+        params = value.rsplit(">", 1)[1] if "<" in value and ">" in value else value
+        match = _LOOSE_TAG.search(params)
+        return match.group(1) if match else None

@@ -13,6 +13,7 @@ from voicedashd.sip.fields import (
     parse_uint,
     parse_via,
     split_header_values,
+    tag_of,
 )
 from voicedashd.sip.message import Headers, Request, Response, canonical_name
 from voicedashd.sip.uri import InvalidUri, SipUri, UnsupportedUriScheme, parse_uri
@@ -386,14 +387,6 @@ class StreamFramer:
         return message
 
 
-def _has_tag(value: str) -> bool:
-    """Return True if a To/From value carries a tag parameter."""
-    try:
-        return parse_name_addr(value).tag is not None
-    except InvalidHeader:
-        return re.search(r";[ \t]*tag[ \t]*=", value, re.IGNORECASE) is not None
-
-
 def make_response(
     request: Request,
     status: int,
@@ -412,7 +405,7 @@ def make_response(
         value = request.headers.get(name)
         if value is None:
             continue
-        if name == "To" and to_tag and status != 100 and not _has_tag(value):
+        if name == "To" and to_tag and status != 100 and tag_of(value) is None:
             value = f"{value};tag={to_tag}"
         out.add(name, value)
     if status == 100 and "Timestamp" in request.headers:

@@ -15,13 +15,11 @@ paired with its INVITE by `invite_ack_key` rather than `server_key`.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from voicedashd.sip.fields import MAGIC_COOKIE, InvalidHeader, cseq_of, tag_of, top_via
 from voicedashd.sip.message import Headers, Request, Response
-
-MAGIC_COOKIE = "z9hG4bK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,64 +396,26 @@ class InvalidTransactionHeaders(ValueError):
     """The message lacks the Via/CSeq needed to match it to a transaction (answer 400)."""
 
 
-_VIA_PROTOCOL = re.compile(r"^\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z0-9.!%*_+`'~-]+\s+(.+?)\s*$", re.I)
-_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s]+)", re.I)
-
-
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
 def _top_via_branch_and_sent_by(headers: Headers) -> tuple[str | None, str]:
-    """Return (branch or None, lower-cased sent-by) of the first value of the first Via line."""
-    first_line = headers.get("Via")
-    if first_line is None:
-        raise InvalidTransactionHeaders("request has no Via header; it cannot be matched")
-    top = _split_unquoted(first_line, ",")[0]
-    head, *params = _split_unquoted(top, ";")
-    match = _VIA_PROTOCOL.match(head)
-    if match is None:
-        raise InvalidTransactionHeaders(f"top Via is not 'SIP/2.0/<transport> <host>': {top!r}")
-    sent_by = "".join(match.group(1).split()).lower()
-    branch = None
-    for param in params:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "branch":
-            branch = value.strip()
-            break
-    return branch, sent_by
+    """Return (branch or None, lower-cased sent-by) of the top Via."""
+    try:
+        via = top_via(headers)
+    except InvalidHeader as exc:
+        raise InvalidTransactionHeaders(f"top Via unusable, cannot match: {exc}") from exc
+    return via.branch, via.sent_by.lower()
 
 
 def _cseq(headers: Headers) -> tuple[str, str]:
     """Return the CSeq (number, METHOD) of a message."""
-    value = headers.get("CSeq")
-    parts = value.split() if value else []
-    if len(parts) != 2 or not parts[0].isdigit():
-        raise InvalidTransactionHeaders(f"CSeq must be '<number> <method>', got {value!r}")
-    return str(int(parts[0])), parts[1].upper()
+    try:
+        number, method = cseq_of(headers)
+    except InvalidHeader as exc:
+        raise InvalidTransactionHeaders(str(exc)) from exc
+    return str(number), method.upper()
 
 
 def _from_tag(headers: Headers) -> str:
-    value = headers.get("From") or ""
-    params = value.rsplit(">", 1)[1] if "<" in value and ">" in value else value
-    match = _TAG.search(params)
-    return match.group(1) if match else ""
+    return tag_of(headers.get("From")) or ""
 
 
 def _server_key(request: Request, method: str) -> TransactionKey:

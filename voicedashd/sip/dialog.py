@@ -1,0 +1,467 @@
+"""The UAS dialog of one call (RFC 3261 §12-15, RFC 3264); sans-IO, time is passed in.
+
+`parse_invite` reads an initial INVITE once into an `Invite`. A `Dialog` is then fed what
+happens to the call — requests in the dialog (`receive`), our decisions (`ring`, `answer`,
+`reject`, `hang_up`) and its timers (`timer_fired`) — and returns the actions its runner must
+perform: send a response (through the server transaction of the request it answers), send a
+request (our BYE), start or change media, report the call confirmed or ended. It never touches
+a socket or a clock.
+
+The INVITE server transaction (transaction.py, RFC 6026 Accepted state) already absorbs
+retransmitted INVITEs and retransmits the 2xx on unreliable transports; a dialog that runs
+behind one is built with ``retransmit_2xx=False`` so the 2xx is not sent twice as often.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from voicedashd.sip.callee import callee_extension, request_domain
+from voicedashd.sip.fields import (
+    InvalidHeader,
+    cseq_of,
+    header_values,
+    new_tag,
+    parse_name_addr,
+    tag_of,
+)
+from voicedashd.sip.message import Headers, Request, Response
+from voicedashd.sip.parser import make_response
+from voicedashd.sip.sdp import (
+    Answer,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    build_answer,
+    parse_sdp,
+)
+from voicedashd.sip.transaction import DEFAULT_TIMERS, Timers
+from voicedashd.sip.uri import InvalidUri, SipUri, TelUri, UnsupportedUriScheme, parse_uri
+from voicedashd.sip.validate import allow_header
+
+# End reasons a dialog reports by itself; the call layer maps them to its own EndReason.
+CALLER_HANGUP = "caller_hangup"
+CANCELLED = "cancelled"
+ACK_TIMEOUT = "ack_timeout"
+
+DialogKey: TypeAlias = tuple[str, str, str]  # Call-ID, local tag, remote tag
+InviteKey: TypeAlias = tuple[str, str, int]  # Call-ID, From tag, CSeq number
+
+_NO_COMMON_CODEC_WARNING = ("Warning", '304 voicedashd "PCMU or PCMA"')
+
+
+class InvalidInvite(ValueError):
+    """An initial INVITE that cannot open a dialog; status and reason are the answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """An initial INVITE, parsed once: who calls whom, the dialog's addresses, the offer."""
+
+    request: Request
+    call_id: str
+    cseq: int
+    remote_tag: str
+    local_uri: str  # the To value as sent (no tag yet)
+    remote_uri: str  # the From value as sent, with its tag
+    caller: str
+    caller_name: str | None
+    callee: str
+    callee_extension: str
+    domain: str | None
+    remote_target: str
+    route_set: tuple[str, ...]
+    offer: SessionDescription
+    transport: str
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the INVITE came over a transport that retransmits for us."""
+        return self.transport != "UDP"
+
+    @property
+    def key(self) -> InviteKey:
+        """What ties a CANCEL or a merged copy to this INVITE besides the branch."""
+        return (self.call_id, self.remote_tag, self.cseq)
+
+
+def invite_key(request: Request) -> InviteKey:
+    """The `Invite.key` a request (a CANCEL, a copy of the INVITE) points at."""
+    try:
+        number, _ = cseq_of(request.headers)
+    except InvalidHeader:
+        number = -1
+    return (request.headers.get("Call-ID") or "", tag_of(request.headers.get("From")) or "",
+            number)
+
+
+def dialog_key(request: Request) -> DialogKey:
+    """The `Dialog.key` of the dialog an in-dialog request belongs to (we are the UAS)."""
+    headers = request.headers
+    return (headers.get("Call-ID") or "", tag_of(headers.get("To")) or "",
+            tag_of(headers.get("From")) or "")
+
+
+def parse_invite(request: Request, *, transport: str) -> Invite:
+    """Read an initial INVITE into an `Invite`; raises InvalidInvite with the answer to give."""
+    try:
+        offer = parse_sdp(request.body)
+    except SdpError as exc:
+        raise InvalidInvite(488, f"Not Acceptable Here - {exc}") from exc
+    headers = request.headers
+    try:
+        remote = parse_name_addr(headers.get("From") or "")
+        local = parse_name_addr(headers.get("To") or "")
+        contacts = header_values(headers, "Contact")
+        contact = parse_name_addr(contacts[0]) if contacts else None
+        cseq, _ = cseq_of(headers)
+    except InvalidHeader as exc:
+        raise InvalidInvite(400, "Bad Request - unusable From/To/Contact") from exc
+    return Invite(
+        request=request,
+        call_id=headers.get("Call-ID") or "",
+        cseq=cseq,
+        remote_tag=remote.tag or "",
+        local_uri=headers.get("To") or "",
+        remote_uri=headers.get("From") or "",
+        caller=_user_or_uri(remote.uri),
+        caller_name=remote.display_name or None,
+        callee=_user_or_uri(local.uri),
+        callee_extension=callee_extension(request) or "",
+        domain=request_domain(request),
+        remote_target=contact.uri if contact else remote.uri,
+        route_set=tuple(header_values(headers, "Record-Route")),
+        offer=offer,
+        transport=transport,
+    )
+
+
+def _user_or_uri(uri: str) -> str:
+    """The user (or number) of a URI for display, else its host, else the text as sent."""
+    try:
+        parsed = parse_uri(uri)
+    except (InvalidUri, UnsupportedUriScheme):
+        return uri
+    if isinstance(parsed, TelUri):
+        return parsed.number
+    return parsed.user or parsed.host
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Send this response through the server transaction of `request`."""
+
+    request: Request
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Send this request (our BYE) towards `next_hop`; the transport adds its Via."""
+
+    request: Request
+    next_hop: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The ACK for our 2xx arrived: the call is up, media may start."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaChanged:
+    """A re-INVITE changed the session (hold, unhold, new address): this is the new answer."""
+
+    answer: Answer
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The dialog is over for this reason (reported once)."""
+
+    reason: str
+
+
+Action: TypeAlias = Respond | SendRequest | Confirmed | MediaChanged | Ended
+
+
+class DialogState(enum.Enum):
+    """Where a UAS dialog is."""
+
+    EARLY = "early"  # ringing, no final response yet
+    ANSWERED = "answered"  # our 2xx sent, waiting for the ACK
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+class Dialog:
+    """The UAS side of one INVITE dialog; no sockets, no sleeping."""
+
+    def __init__(self, invite: Invite, *, contact: str, user_agent: str,
+                 timers: Timers = DEFAULT_TIMERS, retransmit_2xx: bool = True) -> None:
+        self.invite = invite
+        self.local_tag = new_tag()
+        self.timers = timers
+        self._contact = contact
+        self._user_agent = user_agent
+        self._retransmit_2xx = retransmit_2xx and not invite.reliable
+        self._state = DialogState.EARLY
+        self._remote_cseq = invite.cseq
+        self._local_cseq = secrets.randbelow(2**16) + 1
+        self._session_id = secrets.randbelow(2**31)
+        self._session_version = 1
+        self._media: tuple[str, int] | None = None
+        self._answer: Answer | None = None
+        self._invite_response: Response | None = None
+        self._ack_deadline: float | None = None
+        self._resend_at: float | None = None
+        self._resend_interval = timers.t1
+        self._sent_bye = False
+        self._end_reason: str | None = None
+
+    # -- what the runner asks ----------------------------------------------------------------
+
+    @property
+    def state(self) -> DialogState:
+        """The current state."""
+        return self._state
+
+    @property
+    def terminated(self) -> bool:
+        """Whether the dialog has ended."""
+        return self._state is DialogState.TERMINATED
+
+    @property
+    def key(self) -> DialogKey:
+        """Call-ID plus both tags: how in-dialog requests find this dialog."""
+        return (self.invite.call_id, self.local_tag, self.invite.remote_tag)
+
+    @property
+    def answer_sdp(self) -> Answer | None:
+        """The session as last answered (None before the answer)."""
+        return self._answer
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why the dialog ended, once it has."""
+        return self._end_reason
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When `timer_fired` should next be called, or None if no timer is running."""
+        present = [d for d in (self._resend_at, self._ack_deadline) if d is not None]
+        return min(present) if present else None
+
+    # -- our decisions -----------------------------------------------------------------------
+
+    def ring(self, now: float) -> list[Action]:
+        """Check that the offer can be answered, then send 180 Ringing (else 488 and end)."""
+        try:
+            # A dry run: whether there is a common codec does not depend on our address.
+            build_answer(self.invite.offer, address="0.0.0.0", port=9,
+                         session_id=self._session_id, session_version=self._session_version)
+        except NoCommonCodec:
+            return self.reject(488, "Not Acceptable Here - no common codec",
+                               reason="rejected", headers=[_NO_COMMON_CODEC_WARNING])
+        except SdpError as exc:
+            return self.reject(488, f"Not Acceptable Here - {exc}", reason="rejected")
+        return [self._respond_invite(180, "Ringing", headers=[("Contact", self._contact)])]
+
+    def answer(self, address: str, port: int, now: float) -> list[Action]:
+        """Answer with our media at address:port: send the 2xx, wait for the ACK."""
+        if self._state is not DialogState.EARLY:
+            return []
+        self._media = (address, port)
+        self._answer = self._build_answer(self.invite.offer)
+        self._state = DialogState.ANSWERED
+        self._ack_deadline = now + self.timers.transaction_timeout
+        if self._retransmit_2xx:
+            self._resend_interval = self.timers.t1
+            self._resend_at = now + self._resend_interval
+        self._invite_response = self._ok(self.invite.request)
+        return [Respond(self.invite.request, self._invite_response)]
+
+    def reject(self, status: int, phrase: str, *, reason: str = "error",
+               headers: Iterable[tuple[str, str]] = ()) -> list[Action]:
+        """Refuse the call with a final error response (before the answer only)."""
+        if self._state is not DialogState.EARLY:
+            return []
+        return [self._respond_invite(status, phrase, headers=headers), *self._end(reason)]
+
+    def hang_up(self, reason: str, now: float) -> list[Action]:
+        """End the call for reason: BYE once answered, a final 503 while still ringing."""
+        if self._state is DialogState.TERMINATED:
+            return []
+        if self._state is DialogState.EARLY:
+            return [self._respond_invite(503, "Service Unavailable"), *self._end(reason)]
+        self._sent_bye = True
+        return [self._bye(), *self._end(reason)]
+
+    # -- what the peer sends -----------------------------------------------------------------
+
+    def receive(self, request: Request, now: float) -> list[Action]:
+        """Feed a request of this dialog (or the CANCEL of its INVITE)."""
+        method = request.method
+        if method == "ACK":
+            return self._receive_ack(request)
+        if method == "CANCEL":
+            return self._receive_cancel(request)
+        if method == "INVITE":
+            if tag_of(request.headers.get("To")) is None:
+                return self._retransmitted_invite(request)
+            return self._reinvite(request)
+        if method == "BYE":
+            return self._receive_bye(request)
+        return [Respond(request, make_response(request, 405, "Method Not Allowed",
+                                               headers=[allow_header()]))]
+
+    def timer_fired(self, now: float) -> list[Action]:
+        """Run whichever timers are due at `now`: the 2xx resend, the ACK timeout."""
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            return self.hang_up(ACK_TIMEOUT, now)
+        if self._resend_at is not None and now >= self._resend_at:
+            self._resend_interval = min(self._resend_interval * 2, self.timers.t2)
+            self._resend_at = now + self._resend_interval
+            if self._invite_response is not None:
+                return [Respond(self.invite.request, self._invite_response)]
+        return []
+
+    # -- inputs, one by one --------------------------------------------------------------------
+
+    def _retransmitted_invite(self, request: Request) -> list[Action]:
+        # Once the ACK came the peer has its answer; a late copy gets nothing (RFC 6026).
+        if self._invite_response is None or self._state is DialogState.CONFIRMED:
+            return []
+        return [Respond(request, self._invite_response)]
+
+    def _receive_ack(self, ack: Request) -> list[Action]:
+        # An ACK for a non-2xx belongs to the INVITE transaction; it changes nothing here.
+        if self._state is not DialogState.ANSWERED:
+            return []
+        self._state = DialogState.CONFIRMED
+        self._ack_deadline = None
+        self._resend_at = None
+        return [Confirmed()]
+
+    def _receive_cancel(self, cancel: Request) -> list[Action]:
+        if self._state is DialogState.TERMINATED:
+            return [Respond(cancel, unknown_dialog(cancel))]
+        ok = Respond(cancel, make_response(cancel, 200, "OK", to_tag=self.local_tag))
+        if self._state is not DialogState.EARLY:
+            return [ok]  # RFC 3261 §9.2: too late, the INVITE was answered; no effect
+        return [ok, self._respond_invite(487, "Request Terminated"), *self._end(CANCELLED)]
+
+    def _receive_bye(self, bye: Request) -> list[Action]:
+        if self._state is DialogState.TERMINATED:
+            if self._sent_bye:  # our BYE crossed theirs: both sides agree it is over
+                return [Respond(bye, make_response(bye, 200, "OK"))]
+            return [Respond(bye, unknown_dialog(bye))]
+        actions: list[Action] = [Respond(bye, make_response(bye, 200, "OK"))]
+        if self._state is DialogState.EARLY:
+            actions.append(self._respond_invite(503, "Service Unavailable"))
+        return [*actions, *self._end(CALLER_HANGUP)]
+
+    def _reinvite(self, request: Request) -> list[Action]:
+        trying = Respond(request, make_response(request, 100, "Trying"))
+        if self._state is not DialogState.CONFIRMED or self._media is None:
+            return [trying, Respond(request, unknown_dialog(request))]
+        try:
+            cseq, _ = cseq_of(request.headers)
+        except InvalidHeader:
+            cseq = self._remote_cseq + 1
+        if cseq <= self._remote_cseq:  # RFC 3261 §12.2.2: out of order
+            return [trying, Respond(request, make_response(
+                request, 500, "Server Internal Error - CSeq out of order"))]
+        self._remote_cseq = cseq
+        if not request.body:
+            return [trying, Respond(request, self._ok(request))]
+        try:
+            answer = self._build_answer(parse_sdp(request.body))
+            if self._answer is None or answer.body != self._answer.body:
+                self._session_version += 1  # RFC 3264 §8: a changed answer gets a new version
+                answer = self._build_answer(parse_sdp(request.body))
+        except SdpError as exc:
+            return [trying, Respond(request, make_response(
+                request, 488, f"Not Acceptable Here - {exc}"))]
+        self._answer = answer
+        return [trying, Respond(request, self._ok(request)), MediaChanged(answer)]
+
+    # -- building messages ---------------------------------------------------------------------
+
+    def _build_answer(self, offer: SessionDescription) -> Answer:
+        assert self._media is not None
+        address, port = self._media
+        return build_answer(offer, address=address, port=port, session_id=self._session_id,
+                            session_version=self._session_version)
+
+    def _ok(self, request: Request) -> Response:
+        assert self._answer is not None
+        return make_response(
+            request, 200, "OK", to_tag=self.local_tag, body=self._answer.body,
+            content_type="application/sdp",
+            headers=[("Contact", self._contact), allow_header(),
+                     ("Server", self._user_agent)])
+
+    def _respond_invite(self, status: int, reason: str,
+                        headers: Iterable[tuple[str, str]] = ()) -> Respond:
+        response = make_response(self.invite.request, status, reason, to_tag=self.local_tag,
+                                 headers=headers)
+        if status >= 200:
+            self._invite_response = response
+        return Respond(self.invite.request, response)
+
+    def _end(self, reason: str) -> list[Action]:
+        self._state = DialogState.TERMINATED
+        self._ack_deadline = None
+        self._resend_at = None
+        self._end_reason = reason
+        return [Ended(reason)]
+
+    def _bye(self) -> SendRequest:
+        """Our BYE in this dialog, routed by the route set (RFC 3261 §12.2.1.1)."""
+        invite = self.invite
+        self._local_cseq += 1
+        request_uri, routes, next_hop = _route(invite.route_set, invite.remote_target)
+        local = invite.local_uri
+        headers = Headers.of([
+            ("Max-Forwards", "70"),
+            ("From", local if tag_of(local) else f"{local};tag={self.local_tag}"),
+            ("To", invite.remote_uri),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{self._local_cseq} BYE"),
+            *(("Route", r) for r in routes),
+            ("User-Agent", self._user_agent),
+            ("Content-Length", "0"),
+        ])
+        return SendRequest(Request("BYE", request_uri, headers), next_hop)
+
+
+def unknown_dialog(request: Request) -> Response:
+    """The answer to a request for a dialog (or INVITE) we do not have: 481."""
+    return make_response(request, 481, "Call/Transaction Does Not Exist")
+
+
+def _route(route_set: tuple[str, ...], remote_target: str) -> tuple[str, list[str], str]:
+    """Request-URI, Route headers and next hop of an in-dialog request (RFC 3261 §12.2.1.1)."""
+    if not route_set:
+        return remote_target, [], remote_target
+    first = parse_name_addr(route_set[0]).uri
+    try:
+        loose = isinstance(parsed := parse_uri(first), SipUri) and parsed.lr
+    except (InvalidUri, UnsupportedUriScheme):
+        loose = True
+    if loose:
+        return remote_target, list(route_set), first
+    return first, [*route_set[1:], f"<{remote_target}>"], first
