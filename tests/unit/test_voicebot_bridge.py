@@ -20,7 +20,7 @@ from voicedashd.events import CallEvent, CallInfo, utc_now
 from voicedashd.livecfg import LiveConfig
 from voicedashd.media.ports import RtpPortPool
 from voicedashd.media.sender import MediaClock
-from voicedashd.media.session import MediaSession, SessionSettings, open_media_session
+from voicedashd.media.session import MediaSession, SessionSettings
 from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 from voicedashd.store import open_store
@@ -92,9 +92,9 @@ class Harness:
                         remote_address="127.0.0.1", remote_port=peer.getsockname()[1],
                         on_hold=False)
         try:
-            async with open_media_session(media, lambda: answer, SessionSettings(timeout=60),
-                                          clock=self.clock, clock_nursery=self.nursery,
-                                          call_id=name, on_dtmf=lambda _: None) as session, \
+            async with MediaSession(media, lambda: answer, SessionSettings(timeout=60),
+                                    clock=self.clock, clock_nursery=self.nursery,
+                                    call_id=name, on_dtmf=lambda _: None) as session, \
                     trio.open_nursery() as caller:
                 caller.start_soon(_send_silence, peer, media.port)
                 yield info, session
