@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio_asyncio
+from structlog.testing import capture_logs
 
 from tests.harness import free_even_port_range
 from voicedashd.bus import EventBus
@@ -161,14 +163,21 @@ async def test_cancelling_the_call_stops_its_pipeline_promptly(tmp_path: Path) -
 
 
 async def test_a_pipeline_that_raises_fails_its_call_not_the_loop(tmp_path: Path) -> None:
-    """A processor raising inside the pipeline makes run() raise VoicebotFailed; the same
-    loop then runs the next call normally."""
+    """A processor raising inside the pipeline makes run() raise VoicebotFailed from that
+    very exception, traceback and all, for the call task to log; the bridge logs nothing of
+    it. The same loop then runs the next call normally."""
     plugin = 'processors = ["tests.unit.test_voicebot_bridge:raise_on_start"]\n'
     with trio.fail_after(30):
         async with harness(tmp_path, plugin) as h:
             async with h.call("bad") as (info, session):
-                with pytest.raises(VoicebotFailed, match="boom at start"):
+                with capture_logs() as logs, pytest.raises(VoicebotFailed) as failed:
                     await h.voicebot.run(info, session, h.bus)
+            cause = failed.value.__cause__
+            assert isinstance(cause, RuntimeError) and str(cause) == "boom at start"
+            raised_at = traceback.extract_tb(cause.__traceback__)[-1]
+            assert (raised_at.name, raised_at.filename) == ("process_frame", __file__)
+            assert "Boom" in "".join(traceback.format_exception(failed.value))
+            assert not [e for e in logs if e["log_level"] in ("error", "critical")]
             assert h.sample("voicedashd_voicebot_pipeline_errors_total") == 1
             assert h.sample("voicedashd_asyncio_tasks") == 0
             async with h.call("good") as (info, session):

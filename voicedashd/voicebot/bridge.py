@@ -46,12 +46,14 @@ OUTBOX_CHUNKS = 64  # ~2.5 s of 40 ms chunks; pacing keeps it to a few
 EVENT_QUEUE = 256
 PLAYOUT_LEAD = 0.1  # the bot's audio may run this far ahead of real time into the RTP sender
 DRAIN_LIMIT = 10.0  # after the bot hangs up, wait at most this long for its last words to play
+# Where Pipecat logs each error a processor reports, before passing it up to the worker.
+_PROCESSOR_ERROR_REPORT = ("pipecat.processors.frame_processor", "push_error_frame")
 _FLUSH = object()
 _END = object()
 
 
 class VoicebotFailed(Exception):
-    """A call's pipeline failed (an exception inside it); the call ends with reason error."""
+    """A call's pipeline failed; the cause is the exception inside it (the call ends, error)."""
 
 
 class _Inbox:
@@ -144,6 +146,8 @@ def _route_pipecat_logs() -> None:
 
     def sink(message: Any) -> None:
         record = message.record
+        if (record["name"], record["function"]) == _PROCESSOR_ERROR_REPORT:
+            return  # run_pipeline gets the same error and raises or logs it, with the call
         level = record["level"].no
         method = log.error if level >= logging.ERROR else log.warning
         method("pipecat_log", source=record["name"], message=str(record["message"]))
@@ -186,9 +190,9 @@ class Voicebot:
     async def run(self, call: CallInfo, session: MediaSession, bus: EventBus) -> None:
         """Run the call's bot until the call ends (cancelled) or the bot hangs up (returns).
 
-        The pipeline starts with the caller's first audio. Raises VoicebotFailed if it failed;
-        the caller ends the call with BYE and reason "error". Nothing here affects another
-        call.
+        The pipeline starts with the caller's first audio. Raises VoicebotFailed (from the
+        pipeline's exception) if it failed; the caller ends the call with BYE and reason
+        "error", and logs it. Nothing here affects another call.
         """
         # The bot starts with the caller's media: a call whose RTP never flows has nobody to
         # listen (its media timeout ends it), and a SIP flood without media costs no pipeline.
@@ -212,7 +216,7 @@ class Voicebot:
                           try_offload=self._try_offload, run_process=self._run_process,
                           observe=self._observe, echo=echo, environ=self.environ)
         played = trio.Event()
-        failure: str | None = None
+        failure: Exception | None = None
         self.metrics.voicebot_pipelines.inc()
         try:
             async with trio.open_nursery() as events_nursery:
@@ -222,10 +226,10 @@ class Voicebot:
                         media.start_soon(_feed, session, inbox)
                         media.start_soon(_play, session, out_receive, played)
                         try:
-                            failure = await trio_asyncio.aio_as_trio(
+                            await trio_asyncio.aio_as_trio(
                                 run_pipeline, loop=self.loop)(call, config, self.models, hooks)
-                        except Exception as exc:  # the pipeline could not even be built
-                            failure = f"{type(exc).__name__}: {exc}"
+                        except Exception as exc:  # raised inside it, or it could not be built
+                            failure = exc
                         # Cancelled while the pipeline ran? Pipecat returned anyway: stop here.
                         await trio.lowlevel.checkpoint()
                         if failure is None:  # the bot hung up: let its last words play out
@@ -243,8 +247,8 @@ class Voicebot:
                             audio_out=outbox.dropped, events=events.dropped)
         if failure is not None:
             self.metrics.voicebot_errors.inc()
-            log.error("voicebot_pipeline_failed", call_id=call.call_id, error=failure)
-            raise VoicebotFailed(failure)
+            # Not logged here: the call task, which ends the call for it, logs it once.
+            raise VoicebotFailed(f"the voice bot of call {call.call_id} failed") from failure
         log.info("voicebot_hung_up", call_id=call.call_id)
 
     # -- what the asyncio side may ask of Trio (see host.py) --------------------------------
