@@ -7,6 +7,8 @@ import os
 import socket
 import struct
 import traceback
+import wave
+from pathlib import Path
 
 import pytest
 import trio
@@ -159,3 +161,44 @@ async def test_an_error_in_the_block_propagates_and_the_session_still_ends(
     with pytest.raises(RuntimeError, match="runs once"):
         async with session:
             pass
+
+
+async def _talk(peer: trio.socket.SocketType, port: int, seconds: float) -> None:
+    """The caller's RTP: 20 ms packets of silence for this long."""
+    for seq in range(round(seconds / 0.02)):
+        await peer.sendto(_rtp(seq), ("127.0.0.1", port))
+        await trio.sleep(0.02)
+
+
+# The recording tests run on the real clock: the recorder writes in a worker thread, and an
+# autojump clock takes the wait for a thread as idle time and races to the next deadline.
+
+
+async def test_the_recording_holds_the_call_even_when_it_is_cancelled(tmp_path: Path) -> None:
+    settings = SessionSettings(rate=8000, timeout=60, record_to=tmp_path / "call.wav")
+    with trio.fail_after(30), capture_logs() as logs, trio.CancelScope() as call:
+        async with session_with_peer(settings) as (_, peer, media):
+            await _talk(peer, media.port, 1.5)
+            call.cancel()  # a shutdown: the file is completed all the same
+            await trio.sleep_forever()
+    with wave.open(str(tmp_path / "call.wav"), "rb") as wav:
+        assert wav.getframerate() == 8000
+        # all of it but the last packets, held by the jitter buffer when the call ended
+        assert 1.3 * 8000 <= wav.getnframes() <= 1.5 * 8000
+    assert [e["event"] for e in logs if e["event"].startswith("media_recording")] == [
+        "media_recording_saved"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_a_recording_the_disk_refuses_ends_the_recording_not_the_call() -> None:
+    """Logged once, with the traceback, where it is handled; the session carries on."""
+    settings = SessionSettings(rate=8000, timeout=60, record_to=Path("/dev/full"))
+    with trio.fail_after(30), capture_logs() as logs:
+        async with session_with_peer(settings) as (session, peer, media):
+            await _talk(peer, media.port, 2.5)  # the first batch (1 s) fails, later ones drop
+            assert session.recorder is not None
+            assert session.recorder.dropped_batches > 0  # the audio after the error
+    failed = [e for e in logs if e["event"].startswith("media_recording")]
+    assert [(e["event"], e["log_level"], e.get("exc_info")) for e in failed] == [
+        ("media_recording_failed", "error", True)]
+    assert session.error is None and session.stats.inbound.packets >= 0.9 * 125
