@@ -191,6 +191,24 @@ async def test_a_pipeline_that_raises_fails_its_call_not_the_loop(tmp_path: Path
             assert said and said[0].text.startswith("Hello")  # type: ignore[attr-defined]
 
 
+async def test_a_reload_that_fails_keeps_the_models_and_logs_why_once(tmp_path: Path) -> None:
+    """A plugin that cannot be loaded: the bot keeps the models it has; the log line says
+    what was wrong in one line and carries the traceback."""
+    with trio.fail_after(30):
+        async with harness(tmp_path) as h:
+            before = h.voicebot.models
+            h.voicebot.live.replace(parse_config(
+                CONFIG + 'processors = ["tests.no_such_module:factory"]\n',
+                path=tmp_path / "voicedashd.toml", environ={"VOICEDASHD_JWT_SECRET": "s" * 48}))
+            with capture_logs() as logs:
+                await h.voicebot.reload()
+            assert h.voicebot.models is before
+            [failed] = [e for e in logs if e["log_level"] == "error"]
+            assert failed["event"] == "voicebot_reload_failed"
+            assert "tests.no_such_module:factory" in failed["error"]
+            assert failed["exc_info"] is True
+
+
 def raise_on_start(call: CallInfo) -> object:
     """A plugin whose processor raises as soon as the pipeline starts (calls named bad)."""
     from pipecat.frames.frames import Frame, StartFrame

@@ -183,7 +183,9 @@ class Voicebot:
                 self.models = await trio.to_thread.run_sync(at_speech_priority, build_models,
                                                             config, self.models)
             except Exception as exc:  # a bad plugin or folder: keep answering with the old
-                log.error("voicebot_reload_failed", generation=generation, error=str(exc))
+                # error: the one line for the operator; the traceback: where it broke.
+                log.error("voicebot_reload_failed", generation=generation, error=str(exc),
+                          exc_info=True)
                 return
             log.info("voicebot_reloaded", generation=generation)
 
