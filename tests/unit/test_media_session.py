@@ -144,20 +144,26 @@ async def test_a_failing_tick_ends_the_block_with_media_failed_from_its_error(
     assert not [e for e in logs if e["log_level"] in ("error", "critical")]
 
 
-async def test_an_error_in_the_block_propagates_and_the_session_still_ends(
-        autojump_clock: trio.abc.Clock) -> None:
+@pytest.mark.parametrize("recording", [False, True])
+async def test_an_error_in_the_block_comes_out_as_raised_and_the_session_still_ends(
+        recording: bool, tmp_path: Path) -> None:
+    """Whether the session records (its recorder's nursery around the block) or not."""
+    settings = dataclasses.replace(SETTINGS, record_to=tmp_path / "r.wav" if recording else None)
     clock = MediaClock()
     before = _open_fds()
     async with ports_and_peer() as (media, peer, answer), trio.open_nursery() as clock_nursery:
-        session = MediaSession(media, lambda: answer, SETTINGS, clock=clock,
+        session = MediaSession(media, lambda: answer, settings, clock=clock,
                                clock_nursery=clock_nursery, call_id="test",
                                on_dtmf=lambda _: None)
-        with trio.fail_after(10), pytest.raises(KeyError, match="bot bug"):
+        cause = ValueError("in the pipeline")
+        with trio.fail_after(10), pytest.raises(KeyError, match="bot bug") as raised:
             async with session:
                 await peer.recv(2048)  # running, with its socket handles made
-                raise KeyError("bot bug")
+                raise KeyError("bot bug") from cause
+        assert raised.value.__cause__ is cause
         assert clock.members == 0
         assert _open_fds() == before + 3  # the peer and the port pair: the session's are closed
+    assert (tmp_path / "r.wav").exists() == recording
     with pytest.raises(RuntimeError, match="runs once"):
         async with session:
             pass

@@ -189,10 +189,19 @@ class MediaSession:
                         tb: TracebackType | None) -> bool:
         """Leave the clock and clean up; raise MediaFailed if a tick failed."""
         assert self._running is not None, "exited a media session that was never entered"
-        suppressed = await self._running.__aexit__(exc_type, exc, tb)
-        if self.error is not None and (exc is None or suppressed):
-            raise MediaFailed(f"the media of call {self.call_id} failed") from self.error
-        return suppressed
+        try:
+            suppressed = await self._running.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # A recording session runs the block inside the recorder's nursery, whose group
+            # wraps what the block raised (the recorder itself never raises): the block's
+            # error goes on as it was raised, whether the session records or not.
+            if exc is None or group.exceptions != (exc,):
+                raise
+        else:
+            if self.error is not None and (exc is None or suppressed):
+                raise MediaFailed(f"the media of call {self.call_id} failed") from self.error
+            return suppressed
+        raise exc  # outside the handler, so its context and cause stay the block's
 
     def _end(self) -> None:
         """Stop the media: off the clock, inbound closed, recording finished, counters logged."""
