@@ -46,8 +46,14 @@ OUTBOX_CHUNKS = 64  # ~2.5 s of 40 ms chunks; pacing keeps it to a few
 EVENT_QUEUE = 256
 PLAYOUT_LEAD = 0.1  # the bot's audio may run this far ahead of real time into the RTP sender
 DRAIN_LIMIT = 10.0  # after the bot hangs up, wait at most this long for its last words to play
-# Where Pipecat logs each error a processor reports, before passing it up to the worker.
-_PROCESSOR_ERROR_REPORT = ("pipecat.processors.frame_processor", "push_error_frame")
+# Where Pipecat logs an error a processor reports (the processor, then the worker twice).
+# run_pipeline is handed every such report and raises or logs it with the call's id; were
+# these functions renamed, the only cost is the old duplicate lines.
+_PIPECAT_ERROR_REPORTS = frozenset({
+    ("pipecat.processors.frame_processor", "push_error_frame"),
+    ("pipecat.pipeline.worker", "_source_push_frame"),
+    ("pipecat.pipeline.worker", "_handle_unusable_processor"),
+})
 _FLUSH = object()
 _END = object()
 
@@ -146,8 +152,8 @@ def _route_pipecat_logs() -> None:
 
     def sink(message: Any) -> None:
         record = message.record
-        if (record["name"], record["function"]) == _PROCESSOR_ERROR_REPORT:
-            return  # run_pipeline gets the same error and raises or logs it, with the call
+        if (record["name"], record["function"]) in _PIPECAT_ERROR_REPORTS:
+            return
         level = record["level"].no
         method = log.error if level >= logging.ERROR else log.warning
         method("pipecat_log", source=record["name"], message=str(record["message"]))
