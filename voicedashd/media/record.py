@@ -54,11 +54,7 @@ class WavRecorder:
         self._closed.set()
 
     async def run(self) -> None:
-        """Write batches until closed; the file is completed even if the call is cancelled.
-
-        A disk error ends the recording, never the call: it is logged here, once, with its
-        traceback; the file keeps what it holds and the rest of the call's audio is dropped.
-        """
+        """Write batches until closed; a disk error ends the recording, never the call."""
         try:
             await self._record()
         except OSError:
@@ -77,7 +73,7 @@ class WavRecorder:
         except OSError:
             failed = True
             raise
-        finally:
+        finally:  # the file is completed even if the call is cancelled
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 if failed:  # the call goes on: do not wait for its end to let the file go
                     await trio.to_thread.run_sync(_abandon, wav)
