@@ -178,9 +178,13 @@ async def test_a_failing_pipeline_ends_its_call_only(tmp_path: Path,
                 assert not good.bye_from_daemon.is_set()
                 assert good.speech_end is not None
                 assert good.first_loud_after(good.speech_end) is not None
-            error = logged(daemon, "voicebot_pipeline_failed", call_id=failed["call_id"])
-            assert error and "plugin bug" in error[0]["error"]
-            assert logged(daemon, "call_failed", call_id=failed["call_id"])
+            # Logged once, by the call task, with the traceback down to the plugin's raise.
+            [error] = logged(daemon, "call_failed", call_id=failed["call_id"])
+            assert "VoicebotFailed" in error["exception"]
+            assert "RuntimeError: plugin bug" in error["exception"]
+            assert "in process_frame" in error["exception"]
+            assert not [line for line in daemon.logs if line.get("level") == "error"
+                        and line.get("event") != "call_failed"]
             ended = await daemon.wait_for_log("call_ended", reason="caller_hangup")
             assert ended["call_id"] != failed["call_id"]
             async with httpx.AsyncClient(base_url=config.api_url) as http:
@@ -252,5 +256,5 @@ async def test_hang_up_while_the_bot_speaks_frees_everything(
     assert metric(after, "voicedashd_asyncio_tasks") <= metric(baseline, "voicedashd_asyncio_tasks")
     reasons = {line["reason"] for line in logged(daemon, "call_ended")}
     assert reasons == {"caller_hangup"}, reasons
-    assert not logged(daemon, "voicebot_pipeline_failed")
+    assert not logged(daemon, "call_failed")
 

@@ -1,16 +1,25 @@
-"""A media session's own socket work: RTCP drained, handles made when needed and closed."""
+"""A media session's block (on the clock while it runs, timeout, failure) and socket work."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
+import struct
+import traceback
+import wave
+from pathlib import Path
 
 import pytest
 import trio
+from structlog.testing import capture_logs
 
-from tests.media_peer import session_with_peer
+from tests.media_peer import ports_and_peer, session_with_peer
+from voicedashd.media.sender import MediaClock
 from voicedashd.media.session import (
     RTCP_READ_INTERVAL,
+    MediaFailed,
+    MediaSession,
     SessionSettings,
 )
 
@@ -70,3 +79,132 @@ async def test_a_session_hung_up_at_once_sends_nothing_and_ends_cleanly() -> Non
         assert session.error is None and not session.timed_out
         with pytest.raises(trio.EndOfChannel):
             session.inbound.receive_nowait()
+
+
+def _rtp(seq: int) -> bytes:
+    """A 20 ms PCMU packet of silence."""
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 1234) + b"\xff" * 160
+
+
+async def test_the_block_runs_on_the_clock_and_leaves_it_on_exit(
+        autojump_clock: trio.abc.Clock) -> None:
+    clock = MediaClock()
+    with trio.fail_after(10), capture_logs() as logs:
+        async with session_with_peer(SETTINGS, clock=clock) as (session, peer, _):
+            assert clock.members == 1
+            await peer.recv(2048)  # the clock sends the session's comfort silence
+        assert clock.members == 0
+    with pytest.raises(trio.EndOfChannel):
+        session.inbound.receive_nowait()
+    names = [e["event"] for e in logs if e["event"].startswith("media_session")]
+    assert names == ["media_session_started", "media_session_ended"]
+
+
+async def test_the_block_ends_after_timeout_without_inbound_rtp(
+        autojump_clock: trio.abc.Clock) -> None:
+    """RTP keeps the session up; once it stops, the block is cancelled after settings.timeout
+    and exits normally with timed_out set."""
+    clock = MediaClock()
+    with trio.fail_after(60):
+        async with session_with_peer(SessionSettings(rate=8000, timeout=5), clock=clock) as (
+                session, peer, media):
+            for seq in range(8):  # 8 s of one packet a second: longer than the timeout
+                await peer.sendto(_rtp(seq), ("127.0.0.1", media.port))
+                last = trio.current_time()
+                await trio.sleep(1)
+            await trio.sleep_forever()
+    assert session.timed_out and session.error is None
+    assert 5 <= trio.current_time() - last <= 5 + 0.1
+    assert session.stats.inbound.packets == 8
+    assert clock.members == 0
+
+
+async def test_a_failing_tick_ends_the_block_with_media_failed_from_its_error(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The tick's error is the cause, with the traceback of where it was raised; the session
+    leaves the clock and logs its end, but leaves logging the error to the call task."""
+    clock = MediaClock()
+    async with ports_and_peer() as (media, _, answer), trio.open_nursery() as clock_nursery:
+        answers = [answer]
+        session = MediaSession(media, lambda: answers[-1], SETTINGS, clock=clock,
+                               clock_nursery=clock_nursery, call_id="test",
+                               on_dtmf=lambda _: None)
+        with trio.fail_after(10), capture_logs() as logs, \
+                pytest.raises(MediaFailed) as failed:
+            async with session:
+                # a re-INVITE to a codec we cannot speak: the next tick raises
+                answers.append(dataclasses.replace(answer, codec="G729", payload_type=18))
+                await trio.sleep_forever()
+    cause = failed.value.__cause__
+    assert isinstance(cause, ValueError) and "G729" in str(cause)
+    assert traceback.extract_tb(cause.__traceback__)[-1].name == "codec_named"
+    assert session.error is cause and not session.timed_out
+    assert clock.members == 0 and clock.stats.failures == 1
+    assert [e["failed"] for e in logs if e["event"] == "media_session_ended"] == [True]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+
+
+@pytest.mark.parametrize("recording", [False, True])
+async def test_an_error_in_the_block_comes_out_as_raised_and_the_session_still_ends(
+        recording: bool, tmp_path: Path) -> None:
+    """Whether the session records (its recorder's nursery around the block) or not."""
+    settings = dataclasses.replace(SETTINGS, record_to=tmp_path / "r.wav" if recording else None)
+    clock = MediaClock()
+    before = _open_fds()
+    async with ports_and_peer() as (media, peer, answer), trio.open_nursery() as clock_nursery:
+        session = MediaSession(media, lambda: answer, settings, clock=clock,
+                               clock_nursery=clock_nursery, call_id="test",
+                               on_dtmf=lambda _: None)
+        cause = ValueError("in the pipeline")
+        with trio.fail_after(10), pytest.raises(KeyError, match="bot bug") as raised:
+            async with session:
+                await peer.recv(2048)  # running, with its socket handles made
+                raise KeyError("bot bug") from cause
+        assert raised.value.__cause__ is cause
+        assert clock.members == 0
+        assert _open_fds() == before + 3  # the peer and the port pair: the session's are closed
+    assert (tmp_path / "r.wav").exists() == recording
+    with pytest.raises(RuntimeError, match="runs once"):
+        async with session:
+            pass
+
+
+async def _talk(peer: trio.socket.SocketType, port: int, seconds: float) -> None:
+    """The caller's RTP: 20 ms packets of silence for this long."""
+    for seq in range(round(seconds / 0.02)):
+        await peer.sendto(_rtp(seq), ("127.0.0.1", port))
+        await trio.sleep(0.02)
+
+
+# The recording tests run on the real clock: the recorder writes in a worker thread, and an
+# autojump clock takes the wait for a thread as idle time and races to the next deadline.
+
+
+async def test_the_recording_holds_the_call_even_when_it_is_cancelled(tmp_path: Path) -> None:
+    settings = SessionSettings(rate=8000, timeout=60, record_to=tmp_path / "call.wav")
+    with trio.fail_after(30), capture_logs() as logs, trio.CancelScope() as call:
+        async with session_with_peer(settings) as (_, peer, media):
+            await _talk(peer, media.port, 1.5)
+            call.cancel()  # a shutdown: the file is completed all the same
+            await trio.sleep_forever()
+    with wave.open(str(tmp_path / "call.wav"), "rb") as wav:
+        assert wav.getframerate() == 8000
+        # all of it but the last packets, held by the jitter buffer when the call ended
+        assert 1.3 * 8000 <= wav.getnframes() <= 1.5 * 8000
+    assert [e["event"] for e in logs if e["event"].startswith("media_recording")] == [
+        "media_recording_saved"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_a_recording_the_disk_refuses_ends_the_recording_not_the_call() -> None:
+    """Logged once, with the traceback, where it is handled; the session carries on."""
+    settings = SessionSettings(rate=8000, timeout=60, record_to=Path("/dev/full"))
+    with trio.fail_after(30), capture_logs() as logs:
+        async with session_with_peer(settings) as (session, peer, media):
+            await _talk(peer, media.port, 2.5)  # the first batch (1 s) fails, later ones drop
+            assert session.recorder is not None
+            assert session.recorder.dropped_batches > 0  # the audio after the error
+    failed = [e for e in logs if e["event"].startswith("media_recording")]
+    assert [(e["event"], e["log_level"], e.get("exc_info")) for e in failed] == [
+        ("media_recording_failed", "error", True)]
+    assert session.error is None and session.stats.inbound.packets >= 0.9 * 125

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio_asyncio
+from structlog.testing import capture_logs
 
 from tests.harness import free_even_port_range
 from voicedashd.bus import EventBus
@@ -20,7 +22,7 @@ from voicedashd.events import CallEvent, CallInfo, utc_now
 from voicedashd.livecfg import LiveConfig
 from voicedashd.media.ports import RtpPortPool
 from voicedashd.media.sender import MediaClock
-from voicedashd.media.session import MediaSession, SessionSettings, open_media_session
+from voicedashd.media.session import MediaSession, SessionSettings
 from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 from voicedashd.store import open_store
@@ -92,9 +94,9 @@ class Harness:
                         remote_address="127.0.0.1", remote_port=peer.getsockname()[1],
                         on_hold=False)
         try:
-            async with open_media_session(media, lambda: answer, SessionSettings(timeout=60),
-                                          clock=self.clock, clock_nursery=self.nursery,
-                                          call_id=name, on_dtmf=lambda _: None) as session, \
+            async with MediaSession(media, lambda: answer, SessionSettings(timeout=60),
+                                    clock=self.clock, clock_nursery=self.nursery,
+                                    call_id=name, on_dtmf=lambda _: None) as session, \
                     trio.open_nursery() as caller:
                 caller.start_soon(_send_silence, peer, media.port)
                 yield info, session
@@ -161,14 +163,21 @@ async def test_cancelling_the_call_stops_its_pipeline_promptly(tmp_path: Path) -
 
 
 async def test_a_pipeline_that_raises_fails_its_call_not_the_loop(tmp_path: Path) -> None:
-    """A processor raising inside the pipeline makes run() raise VoicebotFailed; the same
-    loop then runs the next call normally."""
+    """A processor raising inside the pipeline makes run() raise VoicebotFailed from that
+    very exception, traceback and all, for the call task to log; the bridge logs nothing of
+    it. The same loop then runs the next call normally."""
     plugin = 'processors = ["tests.unit.test_voicebot_bridge:raise_on_start"]\n'
     with trio.fail_after(30):
         async with harness(tmp_path, plugin) as h:
             async with h.call("bad") as (info, session):
-                with pytest.raises(VoicebotFailed, match="boom at start"):
+                with capture_logs() as logs, pytest.raises(VoicebotFailed) as failed:
                     await h.voicebot.run(info, session, h.bus)
+            cause = failed.value.__cause__
+            assert isinstance(cause, RuntimeError) and str(cause) == "boom at start"
+            raised_at = traceback.extract_tb(cause.__traceback__)[-1]
+            assert (raised_at.name, raised_at.filename) == ("process_frame", __file__)
+            assert "Boom" in "".join(traceback.format_exception(failed.value))
+            assert not [e for e in logs if "boom" in str(e)]
             assert h.sample("voicedashd_voicebot_pipeline_errors_total") == 1
             assert h.sample("voicedashd_asyncio_tasks") == 0
             async with h.call("good") as (info, session):
@@ -180,6 +189,43 @@ async def test_a_pipeline_that_raises_fails_its_call_not_the_loop(tmp_path: Path
                 assert not scope.cancelled_caught
             said = [e for e in h.events if e.call_id == "good" and e.name == "tts_started"]
             assert said and said[0].text.startswith("Hello")  # type: ignore[attr-defined]
+
+
+async def test_an_error_a_processor_gets_past_is_logged_once_with_the_call(
+        tmp_path: Path) -> None:
+    """A non-fatal error report leaves the call running; it is logged once, as
+    voicebot_processor_error with the call's id (not again as Pipecat's own log line)."""
+    plugin = 'processors = ["tests.unit.test_voicebot_bridge:glitch_on_start"]\n'
+    with trio.fail_after(30):
+        async with harness(tmp_path, plugin) as h, h.call("glitchy") as (info, session):
+            with capture_logs() as logs, trio.move_on_after(20) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(h.voicebot.run, info, session, h.bus)
+                    await h.wait_for("tts_completed")  # the greeting was said all the same
+                    nursery.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+    reports = [e for e in logs if "a passing glitch" in str(e)]
+    assert [(e["event"], e["log_level"], e["call_id"]) for e in reports] == [
+        ("voicebot_processor_error", "warning", "glitchy")]
+    assert h.sample("voicedashd_voicebot_pipeline_errors_total") == 0
+
+
+async def test_a_reload_that_fails_keeps_the_models_and_logs_why_once(tmp_path: Path) -> None:
+    """A plugin that cannot be loaded: the bot keeps the models it has; the log line says
+    what was wrong in one line and carries the traceback."""
+    with trio.fail_after(30):
+        async with harness(tmp_path) as h:
+            before = h.voicebot.models
+            h.voicebot.live.replace(parse_config(
+                CONFIG + 'processors = ["tests.no_such_module:factory"]\n',
+                path=tmp_path / "voicedashd.toml", environ={"VOICEDASHD_JWT_SECRET": "s" * 48}))
+            with capture_logs() as logs:
+                await h.voicebot.reload()
+            assert h.voicebot.models is before
+            [failed] = [e for e in logs if e["log_level"] == "error"]
+            assert failed["event"] == "voicebot_reload_failed"
+            assert "tests.no_such_module:factory" in failed["error"]
+            assert failed["exc_info"] is True
 
 
 def raise_on_start(call: CallInfo) -> object:
@@ -195,6 +241,21 @@ def raise_on_start(call: CallInfo) -> object:
                 raise RuntimeError("boom at start")
 
     return Boom() if call.call_id == "bad" else None
+
+
+def glitch_on_start(call: CallInfo) -> object:
+    """A plugin whose processor reports an error it gets past as the pipeline starts."""
+    from pipecat.frames.frames import Frame, StartFrame
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    class Glitch(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            await self.push_frame(frame, direction)
+            if isinstance(frame, StartFrame):
+                await self.push_error("a passing glitch")
+
+    return Glitch()
 
 
 def test_trio_task_count_outside_trio_is_not_a_number() -> None:

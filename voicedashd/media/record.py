@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import wave
 from pathlib import Path
@@ -42,7 +43,7 @@ class WavRecorder:
             return
         try:
             self._send.send_nowait(bytes(self._batch))
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped_batches += 1
         self._batch.clear()
 
@@ -53,20 +54,30 @@ class WavRecorder:
         self._closed.set()
 
     async def run(self) -> None:
-        """Write batches until closed; the file is completed even if the call is cancelled."""
-        wav: wave.Wave_write | None = None
-        frames = 0
+        """Write batches until closed; a disk error ends the recording, never the call."""
         try:
-            wav = await trio.to_thread.run_sync(self._open)
+            await self._record()
+        except OSError:
+            log.exception("media_recording_failed", call_id=self.call_id, path=str(self.path))
+        finally:
+            self._receive.close()  # from now on the session's batches are dropped at once
+
+    async def _record(self) -> None:
+        wav = await trio.to_thread.run_sync(self._open)
+        frames = 0
+        failed = False
+        try:
             async for batch in self._receive:
                 await trio.to_thread.run_sync(wav.writeframesraw, batch)
                 frames += len(batch) // 2
-        except OSError as exc:
-            log.error("media_recording_failed", call_id=self.call_id, path=str(self.path),
-                      error=str(exc))
-        finally:
+        except OSError:
+            failed = True
+            raise
+        finally:  # the file is completed even if the call is cancelled
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                if wav is not None:
+                if failed:  # the call goes on: do not wait for its end to let the file go
+                    await trio.to_thread.run_sync(_abandon, wav)
+                else:
                     await self._closed.wait()  # the session hands over its last partial batch
                     rest = b"".join(_drain(self._receive))
                     frames += len(rest) // 2
@@ -98,4 +109,11 @@ def _finish(wav: wave.Wave_write, rest: bytes) -> None:
         if rest:
             wav.writeframesraw(rest)
     finally:
+        wav.close()
+
+
+def _abandon(wav: wave.Wave_write) -> None:
+    """Close a file whose writing failed; closing fails the same way (the header, the buffer),
+    and that error is the one already being reported."""
+    with contextlib.suppress(OSError):
         wav.close()

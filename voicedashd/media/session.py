@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import numpy as np
 import structlog
@@ -37,6 +38,10 @@ MAX_BURST = 64  # datagrams read per call per tick; more wait for the next tick
 # RTCP is read and dropped this often, not every tick: peers send a report every 5 s or so
 # (RFC 3550 §6.2), and an empty read on every tick of every call costs more than it saves.
 RTCP_READ_INTERVAL = 0.5
+
+
+class MediaFailed(Exception):
+    """A call's media failed on the clock (a tick raised); the cause is the tick's error."""
 
 
 @dataclass(slots=True)
@@ -105,15 +110,22 @@ class MediaSession:
     `inbound` yields decoded PCM frames at `rate`; `send_pcm` queues speech, sent one 20 ms
     packet per clock tick after what is already queued, with comfort silence whenever
     nothing is queued; `flush` drops queued speech at once (barge-in). DTMF digits go to
-    on_dtmf. The shared MediaClock drives the socket work; open it with open_media_session().
+    on_dtmf. The shared MediaClock drives the socket work while the session's `async with`
+    block runs (clock_nursery hosts the clock's loop if it is not running yet).
+
+    If inbound RTP stops for settings.timeout the block is cancelled and exits normally with
+    `timed_out` set; if the session's tick fails, the block is cancelled and MediaFailed is
+    raised from the tick's error when it exits (in the call's task).
     """
 
     def __init__(self, sockets: RtpSockets, answer: Callable[[], Answer | None],
-                 settings: SessionSettings, *, call_id: str,
-                 on_dtmf: Callable[[DtmfDigit], None]) -> None:
+                 settings: SessionSettings, *, clock: MediaClock, clock_nursery: trio.Nursery,
+                 call_id: str, on_dtmf: Callable[[DtmfDigit], None]) -> None:
         first = answer()
         if first is None:
             raise ValueError("a media session needs the call's SDP answer")
+        self._clock = clock
+        self._clock_nursery = clock_nursery
         self.rate = settings.rate
         self.settings = settings
         self.call_id = call_id
@@ -146,6 +158,59 @@ class MediaSession:
         self._socket: socket.socket | None = None
         self._rtcp: socket.socket | None = None
         self._rtcp_due = 0.0
+        self._running: AsyncExitStack | None = None
+
+    # -- the call's side -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the recorder and join the clock; the media runs until the block exits."""
+        if self._running is not None:
+            raise RuntimeError("a media session runs once")
+        log.info("media_session_started", call_id=self.call_id, port=self._sockets.port,
+                 codec=self._codec.name, address=self.peer[0], peer_port=self.peer[1])
+        # Unwound in reverse on exit: the scope catches our own cancel (timeout, failure),
+        # then the session ends, then the recorder finishes its file, then the handles close.
+        async with AsyncExitStack() as stack:
+            stack.callback(self._close)
+            if self.recorder is not None:
+                # A nursery only for the recorder's task: a call that records nothing needs none.
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                nursery.start_soon(self.recorder.run)
+            stack.callback(self._end)
+            stack.enter_context(self._scope)
+            now = trio.current_time()
+            self._last_rtp = now
+            self._rtcp_due = now + RTCP_READ_INTERVAL
+            self._clock.join(self, self._clock_nursery)
+            self._running = stack.pop_all()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        """Leave the clock and clean up; raise MediaFailed if a tick failed."""
+        assert self._running is not None, "exited a media session that was never entered"
+        try:
+            suppressed = await self._running.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # A recording session runs the block inside the recorder's nursery, whose group
+            # wraps what the block raised (the recorder itself never raises): the block's
+            # error goes on as it was raised, whether the session records or not.
+            if exc is None or group.exceptions != (exc,):
+                raise
+        else:
+            if self.error is not None and (exc is None or suppressed):
+                raise MediaFailed(f"the media of call {self.call_id} failed") from self.error
+            return suppressed
+        raise exc  # outside the handler, so its context and cause stay the block's
+
+    def _end(self) -> None:
+        """Stop the media: off the clock, inbound closed, recording finished, counters logged."""
+        self._clock.leave(self)
+        self._send_frames.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        log.info("media_session_ended", call_id=self.call_id, port=self._sockets.port,
+                 timed_out=self.timed_out, failed=self.error is not None, **self.stats.as_log())
 
     # -- the voice bot's side ------------------------------------------------------------
 
@@ -251,7 +316,7 @@ class MediaSession:
         self._sender.stats.skipped += ticks
 
     def fail(self, error: Exception) -> None:
-        """A tick raised: the error ends this call (re-raised in its task)."""
+        """A tick raised: the error ends this call (MediaFailed from it, in the call's task)."""
         self.error = error
         self._scope.cancel()
 
@@ -322,46 +387,14 @@ def _own_handle(sock: trio.socket.SocketType) -> socket.socket:
     return handle
 
 
-@asynccontextmanager
-async def open_media_session(
+def open_media_session(
     sockets: RtpSockets, answer: Callable[[], Answer | None], settings: SessionSettings, *,
     clock: MediaClock, clock_nursery: trio.Nursery, call_id: str,
     on_dtmf: Callable[[DtmfDigit], None],
-) -> AsyncIterator[MediaSession]:
-    """Run a call's media on the clock around the body.
-
-    If inbound RTP stops for settings.timeout the body is cancelled and the block exits
-    normally with session.timed_out set; if the session's tick fails, its error is raised
-    here (in the call's task). clock_nursery hosts the clock's loop if it is not running.
-    """
-    session = MediaSession(sockets, answer, settings, call_id=call_id, on_dtmf=on_dtmf)
-    log.info("media_session_started", call_id=call_id, port=sockets.port,
-             codec=session._codec.name, address=session.peer[0], peer_port=session.peer[1])
-    recorder = session.recorder
-    try:
-        # A nursery only for the recorder's task: a call that records nothing needs none.
-        async with nullcontext() if recorder is None else trio.open_nursery() as nursery:
-            if nursery is not None and recorder is not None:
-                nursery.start_soon(recorder.run)
-            try:
-                with session._scope:
-                    now = trio.current_time()
-                    session._last_rtp = now
-                    session._rtcp_due = now + RTCP_READ_INTERVAL
-                    clock.join(session, clock_nursery)
-                    yield session
-            finally:
-                clock.leave(session)
-                session._send_frames.close()
-                if recorder is not None:
-                    recorder.close()
-                log.info("media_session_ended", call_id=call_id, port=sockets.port,
-                         timed_out=session.timed_out, failed=session.error is not None,
-                         **session.stats.as_log())
-    finally:
-        session._close()
-    if session.error is not None:
-        raise session.error
+) -> MediaSession:
+    """A call's media session, to run with `async with` (see MediaSession)."""
+    return MediaSession(sockets, answer, settings, clock=clock, clock_nursery=clock_nursery,
+                        call_id=call_id, on_dtmf=on_dtmf)
 
 
 async def discard_inbound(session: MediaSession) -> None:

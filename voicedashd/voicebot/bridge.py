@@ -46,12 +46,20 @@ OUTBOX_CHUNKS = 64  # ~2.5 s of 40 ms chunks; pacing keeps it to a few
 EVENT_QUEUE = 256
 PLAYOUT_LEAD = 0.1  # the bot's audio may run this far ahead of real time into the RTP sender
 DRAIN_LIMIT = 10.0  # after the bot hangs up, wait at most this long for its last words to play
+# Where Pipecat logs an error a processor reports (the processor, then the worker twice).
+# run_pipeline is handed every such report and raises or logs it with the call's id; were
+# these functions renamed, the only cost is the old duplicate lines.
+_PIPECAT_ERROR_REPORTS = frozenset({
+    ("pipecat.processors.frame_processor", "push_error_frame"),
+    ("pipecat.pipeline.worker", "_source_push_frame"),
+    ("pipecat.pipeline.worker", "_handle_unusable_processor"),
+})
 _FLUSH = object()
 _END = object()
 
 
 class VoicebotFailed(Exception):
-    """A call's pipeline failed (an exception inside it); the call ends with reason error."""
+    """A call's pipeline failed; the cause is the exception inside it (the call ends, error)."""
 
 
 class _Inbox:
@@ -144,6 +152,8 @@ def _route_pipecat_logs() -> None:
 
     def sink(message: Any) -> None:
         record = message.record
+        if (record["name"], record["function"]) in _PIPECAT_ERROR_REPORTS:
+            return
         level = record["level"].no
         method = log.error if level >= logging.ERROR else log.warning
         method("pipecat_log", source=record["name"], message=str(record["message"]))
@@ -179,16 +189,18 @@ class Voicebot:
                 self.models = await trio.to_thread.run_sync(at_speech_priority, build_models,
                                                             config, self.models)
             except Exception as exc:  # a bad plugin or folder: keep answering with the old
-                log.error("voicebot_reload_failed", generation=generation, error=str(exc))
+                # error: the one line for the operator; the traceback: where it broke.
+                log.error("voicebot_reload_failed", generation=generation, error=str(exc),
+                          exc_info=True)
                 return
             log.info("voicebot_reloaded", generation=generation)
 
     async def run(self, call: CallInfo, session: MediaSession, bus: EventBus) -> None:
         """Run the call's bot until the call ends (cancelled) or the bot hangs up (returns).
 
-        The pipeline starts with the caller's first audio. Raises VoicebotFailed if it failed;
-        the caller ends the call with BYE and reason "error". Nothing here affects another
-        call.
+        The pipeline starts with the caller's first audio. Raises VoicebotFailed (from the
+        pipeline's exception) if it failed; the caller ends the call with BYE and reason
+        "error", and logs it. Nothing here affects another call.
         """
         # The bot starts with the caller's media: a call whose RTP never flows has nobody to
         # listen (its media timeout ends it), and a SIP flood without media costs no pipeline.
@@ -212,7 +224,7 @@ class Voicebot:
                           try_offload=self._try_offload, run_process=self._run_process,
                           observe=self._observe, echo=echo, environ=self.environ)
         played = trio.Event()
-        failure: str | None = None
+        failure: Exception | None = None
         self.metrics.voicebot_pipelines.inc()
         try:
             async with trio.open_nursery() as events_nursery:
@@ -222,10 +234,10 @@ class Voicebot:
                         media.start_soon(_feed, session, inbox)
                         media.start_soon(_play, session, out_receive, played)
                         try:
-                            failure = await trio_asyncio.aio_as_trio(
+                            await trio_asyncio.aio_as_trio(
                                 run_pipeline, loop=self.loop)(call, config, self.models, hooks)
-                        except Exception as exc:  # the pipeline could not even be built
-                            failure = f"{type(exc).__name__}: {exc}"
+                        except Exception as exc:  # raised inside it, or it could not be built
+                            failure = exc
                         # Cancelled while the pipeline ran? Pipecat returned anyway: stop here.
                         await trio.lowlevel.checkpoint()
                         if failure is None:  # the bot hung up: let its last words play out
@@ -243,8 +255,8 @@ class Voicebot:
                             audio_out=outbox.dropped, events=events.dropped)
         if failure is not None:
             self.metrics.voicebot_errors.inc()
-            log.error("voicebot_pipeline_failed", call_id=call.call_id, error=failure)
-            raise VoicebotFailed(failure)
+            # Not logged here: the call task, which ends the call for it, logs it once.
+            raise VoicebotFailed(f"the voice bot of call {call.call_id} failed") from failure
         log.info("voicebot_hung_up", call_id=call.call_id)
 
     # -- what the asyncio side may ask of Trio (see host.py) --------------------------------

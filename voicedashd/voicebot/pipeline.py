@@ -52,6 +52,10 @@ class SpeechModelError(ListenerError):
     """A speech model that cannot be loaded (fatal at start-up, one line naming the setting)."""
 
 
+class ProcessorUnusable(Exception):
+    """A processor reported it can no longer work without an exception saying why."""
+
+
 def load_processor_factory(ref: str) -> ProcessorFactory:
     """Import "package.module:factory" (called per call with the CallInfo)."""
     module_name, _, attribute = ref.partition(":")
@@ -259,13 +263,14 @@ def _fields(**values: Any) -> dict[str, Any]:
 
 
 async def run_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
-                       hooks: CallHooks) -> str | None:
-    """Run one call's pipeline to its end (asyncio side); the error that failed it, if any.
+                       hooks: CallHooks) -> None:
+    """Run one call's pipeline to its end (asyncio side); raise the error that failed it.
 
     An exception inside a processor reaches the worker as an ErrorFrame carrying it, and a
-    service that can no longer work marks itself unusable: either cancels the pipeline and
-    is returned. Cancelled from outside, Pipecat's runner cancels the pipeline and returns
-    normally; the caller (the bridge) tells that case apart.
+    service that can no longer work marks itself unusable: either cancels the pipeline, and
+    the first such exception is raised here once the worker has stopped (ProcessorUnusable
+    if the processor gave none). Cancelled from outside, Pipecat's runner cancels the
+    pipeline and returns normally; the caller (the bridge) tells that case apart.
     """
     worker = PipelineWorker(
         build_pipeline(call, config, models, hooks),
@@ -275,19 +280,27 @@ async def run_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
         enable_rtvi=False, enable_turn_tracking=False, idle_timeout_secs=None,
         cancel_timeout_secs=CANCEL_TIMEOUT, check_dangling_tasks=False,
         processor_unusable_policy=ProcessorUnusablePolicy.CANCEL)
-    failures: list[str] = []
+    failures: list[Exception] = []
 
     @worker.event_handler("on_pipeline_error")
     async def _failed(worker: PipelineWorker, frame: ErrorFrame) -> None:
         usable = frame.processor is None or frame.processor.is_usable
-        if frame.exception is None and usable:
-            return  # a hiccup the processor reported and got past
-        failures.append(f"{frame.processor}: {frame.error}")
-        if usable:  # an unusable one is cancelled by the worker's policy
+        hiccup = frame.exception is None and usable
+        if hiccup or failures:  # one the processor got past, or the aftermath of the failure
+            log.warning("voicebot_processor_error", call_id=call.call_id,
+                        processor=str(frame.processor), error=frame.error)
+        else:  # the call's failure: raised once the pipeline has stopped, the call task logs it
+            failure = frame.exception or ProcessorUnusable(frame.error)
+            # Which processor, in Pipecat's words: the traceback alone may not say (an
+            # exception raised downstream is reported by the processor that pushed the frame).
+            failure.add_note(f"reported by {frame.processor}: {frame.error}")
+            failures.append(failure)
+        if usable and not hiccup:  # an unusable one is cancelled by the worker's policy
             await worker.cancel(reason=frame.error)
 
     runner = WorkerRunner(handle_sigint=False, handle_sigterm=False,
                           check_dangling_tasks=False)
     await runner.add_workers(worker)
     await runner.run()
-    return failures[0] if failures else None
+    if failures:
+        raise failures[0]
