@@ -603,6 +603,6 @@ async def test_resuming_while_events_stream_loses_and_repeats_nothing(tmp_path: 
                     while published[0] < min(seen[-1] + 30, total):
                         await progressed[0].wait()
             assert seen == list(range(1, total + 1))
-            from_store = [e for e in logs if e["event"] == "ws_backlog_from_store"]
+            from_store = [e for e in logs if e["event"] == "events_read_from_store"]
             assert from_store and all(e["events"] > 0 for e in from_store)
             nursery.cancel_scope.cancel()

@@ -192,12 +192,18 @@ async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None
 @validate_response(TranscriptResponse, 200)
 @document_response(ErrorResponse, 401)
 @document_response(ErrorResponse, 404)
+@document_response(ErrorResponse, 500)
 async def transcript(user: AuthUser, call_id: str) -> object:
     """The transcript of a live or finished call; 404 alike for unknown and other people's calls."""
     visible = await _visible(user, call_id)
     if visible is None:
         return {"error": "not_found", "detail": "no call with this id"}, 404
     info, ended = visible
-    entries = await callstore.read_transcript(deps().store, deps().bus, info.call_id)
+    try:
+        entries = await callstore.read_transcript(deps().store, deps().bus, info.call_id)
+    except ValueError:
+        log.exception("call_transcript_unreadable", call_id=call_id)
+        return {"error": "internal_error",
+                "detail": "the call's history cannot be read; try again later"}, 500
     return TranscriptResponse(call_id=info.call_id, ended=ended,
                               entries=[_line(e) for e in entries])
