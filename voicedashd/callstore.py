@@ -1,4 +1,4 @@
-"""Read calls and transcripts back: one call, a user's call history, a call's transcript."""
+"""Read calls and their events back: one call, a user's call history, a call's events."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ import structlog
 
 from .access import Viewer, may_see, visible_extension
 from .bus import EventBus
-from .events import CallEvent, CallInfo, Speaker, SttTranscript, TtsStarted, event_from_record
+from .events import (
+    CallEvent,
+    CallInfo,
+    CallPhase,
+    CallSummary,
+    Speaker,
+    SttTranscript,
+    TtsStarted,
+    event_from_record,
+)
 from .store import Store
 
 log = structlog.get_logger(__name__)
@@ -21,17 +30,6 @@ log = structlog.get_logger(__name__)
 READ_ROUNDS = 3
 CURSOR_SEPARATOR = "~"
 MAX_CURSOR_CALL_ID = 128
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCall:
-    """A call as the store has it: who it was for, and how it went."""
-
-    info: CallInfo
-    answered_at: datetime | None
-    ended_at: datetime | None
-    end_reason: str | None
-    duration: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +70,7 @@ class HistoryCursor:
 class HistoryPage:
     """One page of history, newest first, and where the next page starts (None: no more)."""
 
-    calls: list[StoredCall]
+    calls: list[CallSummary]
     next_before: HistoryCursor | None
 
 
@@ -91,21 +89,29 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _stored_call(row: dict[str, Any]) -> StoredCall:
+def _summary(row: dict[str, Any]) -> CallSummary:
     info = CallInfo(
         call_id=row["call_id"], tenant=row["tenant"], caller=row["caller"],
         caller_name=row["caller_name"], callee=row["callee"],
         callee_extension=row["callee_extension"], is_ai_handled=bool(row["is_ai_handled"]),
         created_at=datetime.fromisoformat(row["started_at"]))
-    return StoredCall(info=info, answered_at=_time(row["answered_at"]),
-                      ended_at=_time(row["ended_at"]), end_reason=row["end_reason"],
-                      duration=row["duration"])
+    answered_at, ended_at = _time(row["answered_at"]), _time(row["ended_at"])
+    # The store learns of a call's answer from CallStarted, i.e. once it is confirmed.
+    phase = (CallPhase.ENDED if ended_at else CallPhase.CONFIRMED if answered_at
+             else CallPhase.RINGING)
+    return CallSummary(info=info, phase=phase, answered_at=answered_at, ended_at=ended_at,
+                       end_reason=row["end_reason"], duration=row["duration"])
 
 
-async def get_call(store: Store, call_id: str) -> StoredCall | None:
+async def get_call(store: Store, call_id: str) -> CallSummary | None:
     """Return the stored call with this id, if there is one."""
     rows = await store.call_rows("SELECT * FROM calls WHERE call_id = ?", (call_id,))
-    return _stored_call(rows[0]) if rows else None
+    return _summary(rows[0]) if rows else None
+
+
+async def find_call(store: Store, bus: EventBus, call_id: str) -> CallSummary | None:
+    """Return a call's summary: from memory while the bus knows it, else from the store."""
+    return bus.summary(call_id) or await get_call(store, call_id)
 
 
 async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | None = None,
@@ -123,7 +129,7 @@ async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | 
     rows = await store.call_rows(
         f"SELECT * FROM calls WHERE {' AND '.join(where)} "
         "ORDER BY started_at DESC, call_id DESC LIMIT ?", (*params, limit + 1))
-    calls = [_stored_call(row) for row in rows[:limit]]
+    calls = [_summary(row) for row in rows[:limit]]
     # The query is the SQL form of may_see; the rule itself has the last word.
     visible = [call for call in calls if may_see(viewer, call.info)]
     next_before = None

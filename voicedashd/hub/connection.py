@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ..access import may_see
 from ..auth import Authenticator, AuthUser, InvalidToken, decode_access_token
 from ..bus import EventBus
-from ..callstore import events_since, get_call
+from ..callstore import events_since, find_call
 from ..config import HubConfig
 from ..events import CallEnded, CallEvent, CallInfo
 from ..livecfg import LiveConfig
@@ -40,7 +40,6 @@ from .protocol import (
     SubscribeCall,
     TokenBucket,
     UnsubscribeCall,
-    call_summary,
     clip_reason,
     closing,
     encode,
@@ -420,11 +419,11 @@ class Session:
             self._reply(reply_error(request.id, TOO_MANY_SUBSCRIPTIONS,
                                     f"at most {limit} calls at once; unsubscribe one first"))
             return
-        info = self._deps.bus.info(call_id) or await self._stored_call(call_id)
-        if info is None:
+        summary = await find_call(self._deps.store, self._deps.bus, call_id)
+        if summary is None:
             self._reply(reply_error(request.id, NOT_FOUND, f"no call {call_id!r}"))
             return
-        if not may_see(user, info):
+        if not may_see(user, summary.info):
             log.warning("subscribe_call_forbidden", call_id=call_id, progress="realtime",
                         **self._who())
             self._reply(reply_error(request.id, FORBIDDEN, "this call is not yours to see"))
@@ -442,7 +441,7 @@ class Session:
             self._reply(reply_error(request.id, INTERNAL_ERROR, "the call's history cannot be "
                                     "read; try again later"))
             return
-        self._enqueue(_Backlog(request.id, call_id, call_summary(info), request.since_seq,
+        self._enqueue(_Backlog(request.id, call_id, summary.wire(), request.since_seq,
                                tuple(backlog)))
         held, sub.held = sub.held, None
         for event in held:
@@ -457,11 +456,6 @@ class Session:
             log.info("ws_call_unsubscribed", call_id=request.call_id, progress="realtime",
                      **self._who())
         self._reply(reply_ok(request.id, call_id=request.call_id))
-
-    async def _stored_call(self, call_id: str) -> CallInfo | None:
-        """A call no longer in the bus's memory (long ended, or before a restart)."""
-        stored = await get_call(self._deps.store, call_id)
-        return stored.info if stored is not None else None
 
     # -- closing -------------------------------------------------------------------------
 
