@@ -148,10 +148,9 @@ def _stored_events(conn: sqlite3.Connection, call_id: str, since_seq: int) -> li
 
 async def events_since(store: Store, bus: EventBus, call_id: str,
                        since_seq: int = 0) -> list[CallEvent]:
-    """Every event of a call after since_seq, in order, once: memory, else the store.
-
-    ValueError if a stored event cannot be read back (an event name this version lacks).
-    """
+    """Every event of a call after since_seq, once, in order: memory, else the store."""
+    # A stored event this version cannot rebuild (unknown name) raises ValueError: callers
+    # answer "try again later" rather than hand out a stream with a hole in it.
     events: list[CallEvent] = []
     cursor = since_seq
     for _ in range(READ_ROUNDS):

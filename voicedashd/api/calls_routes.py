@@ -57,11 +57,7 @@ class Party(BaseModel):
 
 
 class CallSummaryModel(BaseModel):
-    """A call, live or past; the JSON of `events.CallSummary.wire()`, also the hub's `call`.
-
-    started_at is when the call arrived, answered_at when it was answered (null: not yet or
-    never); ended_at, end_reason and duration are null while it lasts.
-    """
+    """A call, live or past, as `CallSummary.wire()` has it; started_at is when it arrived."""
 
     call_id: str
     tenant: str
