@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from .events import CallEnded, CallEvent, CallInfo, utc_now
+from .events import CallEnded, CallEvent, CallInfo, CallPhase, CallStarted, CallSummary, utc_now
 from .metrics import Metrics
 from .store import Store
 
@@ -25,7 +25,8 @@ class _CallStream:
     info: CallInfo
     history: deque[CallEvent]
     next_seq: int = 1
-    ended: bool = False
+    started: CallStarted | None = None      # kept apart: the bounded history may drop them
+    ended: CallEnded | None = None
 
 
 Subscriber = Callable[[CallInfo, CallEvent], None]
@@ -53,12 +54,30 @@ class EventBus:
         stream = self._calls.get(call_id)
         return stream.info if stream else None
 
+    def summary(self, call_id: str) -> CallSummary | None:
+        """Return a known call's summary as its events so far tell it."""
+        stream = self._calls.get(call_id)
+        if stream is None:
+            return None
+        started, ended = stream.started, stream.ended
+        phase = CallPhase.ENDED if ended else CallPhase.CONFIRMED if started else CallPhase.RINGING
+        return CallSummary(
+            info=stream.info, phase=phase,
+            answered_at=started.started_at if started else None,
+            ended_at=ended.ts if ended else None,
+            end_reason=ended.reason.value if ended else None,
+            duration=ended.duration if ended else None)
+
     def emit(self, event_type: type[E], call_id: str, **fields: Any) -> E:
         """Build the call's next event (seq and timestamp assigned here) and publish it."""
         stream = self._calls[call_id]
         event = event_type(call_id=call_id, seq=stream.next_seq, ts=utc_now(), **fields)
         stream.next_seq += 1
         stream.history.append(event)
+        if isinstance(event, CallStarted):
+            stream.started = event
+        elif isinstance(event, CallEnded):
+            stream.ended = event
         self.store.submit(event)
         self.metrics.events_published.labels(event.name).inc()
         log.info(event.name, call_id=call_id, seq=event.seq, progress="realtime",

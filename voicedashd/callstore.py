@@ -1,4 +1,4 @@
-"""Read calls and transcripts back: one call, a user's call history, a call's transcript."""
+"""Read calls and their events back: one call, a user's call history, a call's events."""
 
 from __future__ import annotations
 
@@ -8,25 +8,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from .access import Viewer, may_see, visible_extension
 from .bus import EventBus
-from .events import CallEvent, CallInfo, Speaker
+from .events import (
+    CallEvent,
+    CallInfo,
+    CallPhase,
+    CallSummary,
+    Speaker,
+    SttTranscript,
+    TtsStarted,
+    event_from_record,
+)
 from .store import Store
 
-TRANSCRIPT_EVENTS = ("stt_transcript", "tts_started")
+log = structlog.get_logger(__name__)
+
+# How often events_since goes back to the store when memory keeps moving away from it.
+READ_ROUNDS = 3
 CURSOR_SEPARATOR = "~"
 MAX_CURSOR_CALL_ID = 128
-
-
-@dataclass(frozen=True, slots=True)
-class StoredCall:
-    """A call as the store has it: who it was for, and how it went."""
-
-    info: CallInfo
-    answered_at: datetime | None
-    ended_at: datetime | None
-    end_reason: str | None
-    duration: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +70,8 @@ class HistoryCursor:
 class HistoryPage:
     """One page of history, newest first, and where the next page starts (None: no more)."""
 
-    calls: list[StoredCall]
+    calls: list[CallSummary]
     next_before: HistoryCursor | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """A call event in its stored form (name, data as JSON-ready dict)."""
-
-    call_id: str
-    seq: int
-    name: str
-    ts: datetime
-    data: dict[str, Any]
-
-    @classmethod
-    def of(cls, event: CallEvent) -> StoredEvent:
-        """The stored form of an in-memory event."""
-        return cls(event.call_id, event.seq, event.name, event.ts, event.data())
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +89,29 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _stored_call(row: dict[str, Any]) -> StoredCall:
+def _summary(row: dict[str, Any]) -> CallSummary:
     info = CallInfo(
         call_id=row["call_id"], tenant=row["tenant"], caller=row["caller"],
         caller_name=row["caller_name"], callee=row["callee"],
         callee_extension=row["callee_extension"], is_ai_handled=bool(row["is_ai_handled"]),
         created_at=datetime.fromisoformat(row["started_at"]))
-    return StoredCall(info=info, answered_at=_time(row["answered_at"]),
-                      ended_at=_time(row["ended_at"]), end_reason=row["end_reason"],
-                      duration=row["duration"])
+    answered_at, ended_at = _time(row["answered_at"]), _time(row["ended_at"])
+    # The store learns of a call's answer from CallStarted, i.e. once it is confirmed.
+    phase = (CallPhase.ENDED if ended_at else CallPhase.CONFIRMED if answered_at
+             else CallPhase.RINGING)
+    return CallSummary(info=info, phase=phase, answered_at=answered_at, ended_at=ended_at,
+                       end_reason=row["end_reason"], duration=row["duration"])
 
 
-async def get_call(store: Store, call_id: str) -> StoredCall | None:
+async def get_call(store: Store, call_id: str) -> CallSummary | None:
     """Return the stored call with this id, if there is one."""
     rows = await store.call_rows("SELECT * FROM calls WHERE call_id = ?", (call_id,))
-    return _stored_call(rows[0]) if rows else None
+    return _summary(rows[0]) if rows else None
+
+
+async def find_call(store: Store, bus: EventBus, call_id: str) -> CallSummary | None:
+    """Return a call's summary: from memory while the bus knows it, else from the store."""
+    return bus.summary(call_id) or await get_call(store, call_id)
 
 
 async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | None = None,
@@ -134,7 +129,7 @@ async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | 
     rows = await store.call_rows(
         f"SELECT * FROM calls WHERE {' AND '.join(where)} "
         "ORDER BY started_at DESC, call_id DESC LIMIT ?", (*params, limit + 1))
-    calls = [_stored_call(row) for row in rows[:limit]]
+    calls = [_summary(row) for row in rows[:limit]]
     # The query is the SQL form of may_see; the rule itself has the last word.
     visible = [call for call in calls if may_see(viewer, call.info)]
     next_before = None
@@ -144,46 +139,54 @@ async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | 
     return HistoryPage(visible, next_before)
 
 
-def _transcript_rows(conn: sqlite3.Connection, call_id: str) -> tuple[list[StoredEvent], int]:
-    """The call's stored transcript events in order, and the last seq stored for the call."""
-    marks = ",".join("?" * len(TRANSCRIPT_EVENTS))
-    rows = conn.execute(
-        f"SELECT call_id, seq, name, ts, data FROM events WHERE call_id = ? AND name IN ({marks})"
-        " ORDER BY seq", (call_id, *TRANSCRIPT_EVENTS)).fetchall()
-    last = conn.execute("SELECT MAX(seq) FROM events WHERE call_id = ?", (call_id,)).fetchone()[0]
-    events = [StoredEvent(r["call_id"], r["seq"], r["name"], datetime.fromisoformat(r["ts"]),
-                          json.loads(r["data"])) for r in rows]
-    return events, last or 0
+def _stored_events(conn: sqlite3.Connection, call_id: str, since_seq: int) -> list[CallEvent]:
+    rows = conn.execute("SELECT seq, name, ts, data FROM events WHERE call_id = ? AND seq > ?"
+                        " ORDER BY seq", (call_id, since_seq)).fetchall()
+    return [event_from_record(call_id, r["seq"], r["name"], r["ts"], json.loads(r["data"]))
+            for r in rows]
 
 
-async def call_events(store: Store, bus: EventBus, call_id: str) -> list[StoredEvent]:
-    """Return the call's transcript events, written ones plus those still queued for the writer."""
-    # A live call's newest events may still wait in the writer's queue; the bus's in-memory
-    # history has them, so merge instead of flushing the whole store on every read. Only when
-    # history no longer reaches back to the last written event (it is bounded) flush and reread.
-    stored, last_seq = await store.run(lambda conn: _transcript_rows(conn, call_id))
-    pending = bus.history(call_id, since_seq=last_seq)
-    if pending and pending[0].seq > last_seq + 1:
-        await store.flush()
-        stored, last_seq = await store.run(lambda conn: _transcript_rows(conn, call_id))
-        pending = bus.history(call_id, since_seq=last_seq)
-    return stored + [StoredEvent.of(e) for e in pending if e.name in TRANSCRIPT_EVENTS]
+async def events_since(store: Store, bus: EventBus, call_id: str,
+                       since_seq: int = 0) -> list[CallEvent]:
+    """Every event of a call after since_seq, once, in order: memory, else the store."""
+    # A stored event this version cannot rebuild (unknown name) raises ValueError: callers
+    # answer "try again later" rather than hand out a stream with a hole in it.
+    events: list[CallEvent] = []
+    cursor = since_seq
+    for _ in range(READ_ROUNDS):
+        in_memory = bus.info(call_id) is not None
+        recent = bus.history(call_id, cursor)
+        if in_memory and (not recent or recent[0].seq == cursor + 1):
+            return events + recent
+        if in_memory:
+            # The bounded history no longer reaches back to cursor, and what it dropped may
+            # still wait in the writer's queue: write it before reading.
+            await store.flush()
+        stored = await store.run(lambda conn, after=cursor: _stored_events(conn, call_id, after))
+        log.debug("events_read_from_store", call_id=call_id, after=cursor, events=len(stored))
+        events += stored
+        cursor = stored[-1].seq if stored else cursor
+        if not in_memory:
+            return events
+    # Events arrive faster than the store is read: give what is known rather than wait on.
+    recent = bus.history(call_id, cursor)
+    log.warning("events_gap", call_id=call_id, after=cursor,
+                resumes_at=recent[0].seq if recent else None)
+    return events + recent
 
 
-def transcript_entry(event: StoredEvent) -> TranscriptEntry | None:
+def transcript_entry(event: CallEvent) -> TranscriptEntry | None:
     """The transcript line an event stands for, or None if it is not one."""
-    if event.name == "stt_transcript":
-        return TranscriptEntry(speaker=str(event.data.get("speaker", Speaker.CALLER)),
-                               text=str(event.data.get("text", "")),
-                               final=bool(event.data.get("is_final", False)),
+    if isinstance(event, SttTranscript):
+        return TranscriptEntry(speaker=event.speaker.value, text=event.text,
+                               final=event.is_final, seq=event.seq, timestamp=event.ts)
+    if isinstance(event, TtsStarted):
+        return TranscriptEntry(speaker=Speaker.BOT.value, text=event.text, final=True,
                                seq=event.seq, timestamp=event.ts)
-    if event.name == "tts_started":
-        return TranscriptEntry(speaker=Speaker.BOT.value, text=str(event.data.get("text", "")),
-                               final=True, seq=event.seq, timestamp=event.ts)
     return None
 
 
 async def read_transcript(store: Store, bus: EventBus, call_id: str) -> list[TranscriptEntry]:
-    """Return a live or finished call's transcript in seq order."""
-    entries = (transcript_entry(e) for e in await call_events(store, bus, call_id))
+    """Return a live or finished call's transcript in seq order; ValueError as events_since."""
+    entries = (transcript_entry(e) for e in await events_since(store, bus, call_id))
     return [entry for entry in entries if entry is not None]

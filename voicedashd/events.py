@@ -49,6 +49,51 @@ class CallInfo:
     created_at: datetime
 
 
+class CallPhase(enum.StrEnum):
+    """How far a call got, as clients see it."""
+
+    RINGING = "ringing"
+    ANSWERED = "answered"       # our 200 OK is sent, the caller's ACK not yet here
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSummary:
+    """One call as every client sees it (REST lists, the hub's subscribe reply)."""
+
+    info: CallInfo
+    phase: CallPhase
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    duration: float | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """Return the summary's wire form: the only place it is built."""
+        info = self.info
+        return {
+            "call_id": info.call_id,
+            "tenant": info.tenant,
+            "caller": {"number": info.caller, "name": info.caller_name},
+            # Flat twin of caller.name: hub clients read it (docs/protocol.md).
+            "caller_name": info.caller_name,
+            "callee": info.callee,
+            "callee_extension": info.callee_extension,
+            "is_ai_handled": info.is_ai_handled,
+            # started_at is when the call arrived, as the history pages by it; created_at is
+            # the same instant under the name the hub's subscribe reply has always used.
+            "started_at": info.created_at.isoformat(),
+            "created_at": info.created_at.isoformat(),
+            "state": self.phase.value,
+            "answered": self.answered_at is not None,
+            "answered_at": _jsonable(self.answered_at),
+            "ended_at": _jsonable(self.ended_at),
+            "end_reason": self.end_reason,
+            "duration": self.duration,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallEvent:
     """Base of every event: which call, its per-call sequence number, and when (UTC)."""
@@ -99,6 +144,13 @@ class CallStarted(CallEvent):
     callee_extension: str
     is_ai_handled: bool
     started_at: datetime
+
+
+def call_started_fields(info: CallInfo, started_at: datetime) -> dict[str, Any]:
+    """The fields of a call's CallStarted event, from its CallInfo: `bus.emit(CallStarted, ...)`."""
+    return {"tenant": info.tenant, "caller": info.caller, "caller_name": info.caller_name,
+            "callee": info.callee, "callee_extension": info.callee_extension,
+            "is_ai_handled": info.is_ai_handled, "started_at": started_at}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -122,6 +122,7 @@ async def test_each_user_sees_exactly_their_own_calls(tmp_path: Path) -> None:
                 assert [c["call_id"] for c in page["calls"]] == [ids[name]], page
                 past = page["calls"][0]
                 assert past["answered"] is True
+                assert past["state"] == "ended"
                 assert past["end_reason"] == "caller_hangup"
                 assert past["duration"] >= 4
                 assert _time(past["started_at"]) <= _time(past["answered_at"]) <= _time(
@@ -144,15 +145,24 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
     [live] = answer.json()
     assert live == {
         "call_id": ids["alice"],
+        "tenant": "acme",
         "caller": {"number": "5551234", "name": "Alice Caller"},
+        "caller_name": "Alice Caller",
         "callee": "1001",
         "callee_extension": "1001",
         "is_ai_handled": True,
         "started_at": live["started_at"],
+        "created_at": live["started_at"],
         "state": "confirmed",
+        "answered": True,
+        "answered_at": live["answered_at"],
+        "ended_at": None,
+        "end_reason": None,
+        "duration": None,
     }
-    assert live["started_at"].endswith("Z")
-    assert _time(live["started_at"]) == _time(started["alice"]["started_at"])
+    assert live["started_at"].endswith("Z") and live["answered_at"].endswith("Z")
+    assert _time(live["answered_at"]) == _time(started["alice"]["started_at"])
+    assert _time(live["started_at"]) <= _time(live["answered_at"])
     assert await s["bob"].active_ids() == {ids["bob"]}
     [globex] = (await s["gus"].get("/api/calls/active")).json()
     assert (globex["call_id"], globex["caller"]) == (
@@ -174,8 +184,10 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
         "the live checks took longer than the calls last")
     # Live calls are in the history too, not yet ended.
     [current] = (await s["alice"].history())["calls"]
-    assert (current["call_id"], current["ended_at"], current["answered"]) == (
-        ids["alice"], None, True)
+    assert (current["call_id"], current["ended_at"], current["answered"], current["state"]) == (
+        ids["alice"], None, True, "confirmed")
+    # One call shape: the history's entry of a live call is the active list's, field by field.
+    assert current == live
 
 
 async def _check_not_found(s: dict[str, Session], ids: dict[str, str]) -> None:

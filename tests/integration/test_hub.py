@@ -301,6 +301,9 @@ async def test_each_user_sees_only_their_calls(tmp_path: Path) -> None:
                 subscribed = await a_hub.subscribe(call_id, since_seq=1)
                 assert subscribed.call["call_id"] == call_id
                 assert subscribed.call["callee_extension"] == "1001"
+                # The live call as the bus knows it: answered when call_started said so.
+                assert (subscribed.call["state"], subscribed.call["answered_at"]) == (
+                    "confirmed", started["data"]["started_at"])
                 assert_stream(subscribed.events + await until_ended(a_hub, call_id), 1)
                 logged = await daemon.wait_for_log("ws_call_subscribed", call_id=call_id)
                 assert (logged["extension"], logged["since_seq"], logged["progress"]) == (
@@ -436,6 +439,7 @@ async def test_resume_delivers_missed_events_exactly_once(tmp_path: Path) -> Non
             again = await hub.subscribe(call_id, since_seq=0)
             assert again.events == everything
             assert again.call["call_id"] == call_id
+            assert (again.call["state"], again.call["end_reason"]) == ("ended", "caller_hangup")
             assert (await hub.subscribe(call_id, since_seq=1)).events == everything[1:]
 
 
@@ -603,6 +607,6 @@ async def test_resuming_while_events_stream_loses_and_repeats_nothing(tmp_path: 
                     while published[0] < min(seen[-1] + 30, total):
                         await progressed[0].wait()
             assert seen == list(range(1, total + 1))
-            from_store = [e for e in logs if e["event"] == "ws_backlog_from_store"]
+            from_store = [e for e in logs if e["event"] == "events_read_from_store"]
             assert from_store and all(e["events"] > 0 for e in from_store)
             nursery.cancel_scope.cancel()

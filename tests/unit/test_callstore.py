@@ -192,3 +192,88 @@ def test_visible_extension_is_may_see_as_a_filter() -> None:
             as_filter = call.tenant == viewer.tenant and extension in (None,
                                                                         call.callee_extension)
             assert as_filter == may_see(viewer, call), (viewer, call)
+
+
+# -- events_since: the one reader of a call's events (REST transcript, hub resume) ---------
+
+
+async def _write_all(store: Store) -> None:
+    """Run the writer until everything submitted so far is in the database."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        with trio.fail_after(5):
+            await store.flush()
+        nursery.cancel_scope.cancel()
+
+
+def _lines(bus: EventBus, call_id: str, count: int) -> None:
+    for n in range(count):
+        bus.emit(SttTranscript, call_id, text=f"line {n}", is_final=True)
+
+
+async def test_events_since_answers_from_memory_without_touching_the_store(
+        store: Store) -> None:
+    bus = EventBus(store, Metrics())
+    bus.register(info("call-m", "1001", T0))
+    _lines(bus, "call-m", 5)
+    # Nothing is written (no writer runs): memory alone must answer, and must not wait on it.
+    with trio.fail_after(5):
+        events = await callstore.events_since(store, bus, "call-m", 2)
+        everything = await callstore.events_since(store, bus, "call-m")
+        after_last = await callstore.events_since(store, bus, "call-m", 5)
+        beyond = await callstore.events_since(store, bus, "call-m", 99)
+    assert [e.seq for e in events] == [3, 4, 5]
+    assert all(isinstance(e, SttTranscript) for e in events)
+    assert [e.seq for e in everything] == [1, 2, 3, 4, 5]
+    assert after_last == [] and beyond == []
+    assert await store.run(lambda c: c.execute("SELECT COUNT(*) FROM events").fetchone()[0]) == 0
+
+
+async def test_events_since_reads_the_store_for_a_call_memory_forgot(store: Store) -> None:
+    bus = EventBus(store, Metrics())
+    bus.register(info("call-s", "1001", T0))
+    bus.emit(CallStarted, "call-s", tenant="acme", caller="5551234", caller_name="Alice",
+             callee="1001", callee_extension="1001", is_ai_handled=True, started_at=T0)
+    _lines(bus, "call-s", 3)
+    bus.emit(CallEnded, "call-s", reason=EndReason.CALLER_HANGUP, duration=2.5)
+    await _write_all(store)
+    fresh = EventBus(store, Metrics())          # as after a restart: memory knows nothing
+    with trio.fail_after(5):
+        stored = await callstore.events_since(store, fresh, "call-s", 1)
+        everything = await callstore.events_since(store, fresh, "call-s")
+        none_after_end = await callstore.events_since(store, fresh, "call-s", 5)
+    assert [(e.seq, e.name) for e in stored] == [
+        (2, "stt_transcript"), (3, "stt_transcript"), (4, "stt_transcript"), (5, "call_ended")]
+    # Read back typed and equal to what was published, not as raw rows.
+    assert everything == bus.history("call-s")
+    assert none_after_end == []
+
+
+async def test_events_since_joins_store_and_memory_when_memory_falls_short(
+        store: Store) -> None:
+    bus = EventBus(store, Metrics(), history_limit=3)
+    bus.register(info("call-j", "1001", T0))
+    _lines(bus, "call-j", 4)
+    await _write_all(store)                     # seq 1-4 written
+    _lines(bus, "call-j", 4)                    # seq 5-8 queued; memory holds 6-8
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_writer)
+            from_two = await callstore.events_since(store, bus, "call-j", 2)
+            from_five = await callstore.events_since(store, bus, "call-j", 5)
+            nursery.cancel_scope.cancel()
+    assert [e.seq for e in from_two] == [3, 4, 5, 6, 7, 8]
+    assert [e.seq for e in from_five] == [6, 7, 8]
+
+
+async def test_events_since_an_unknown_call_is_empty(store: Store) -> None:
+    with trio.fail_after(5):
+        assert await callstore.events_since(store, EventBus(store, Metrics()), "nope") == []
+
+
+async def test_events_since_refuses_a_stored_event_it_cannot_read(store: Store) -> None:
+    await store.run(lambda c: c.execute(
+        "INSERT INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
+        ("call-x", 1, "from_the_future", T0.isoformat(), "{}")))
+    with pytest.raises(ValueError, match="from_the_future"):
+        await callstore.events_since(store, EventBus(store, Metrics()), "call-x")

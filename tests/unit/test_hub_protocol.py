@@ -34,10 +34,8 @@ from voicedashd.hub.protocol import (
     UnsubscribeCall,
     allowed_origins,
     bearer_token,
-    call_summary,
     check_handshake,
     clip_reason,
-    encode,
     parse_message,
     too_slow_reason,
 )
@@ -188,16 +186,6 @@ def test_clip_reason_keeps_whole_characters() -> None:
     assert len(clipped.encode()) <= MAX_CLOSE_REASON
     assert clipped.endswith("...")
     clipped.encode().decode()
-
-
-def test_call_summary_is_json_ready() -> None:
-    info = CallInfo(call_id="c1", tenant="acme", caller="555", caller_name=None, callee="1001",
-                    callee_extension="1001", is_ai_handled=True,
-                    created_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
-    assert json.loads(encode(call_summary(info))) == {
-        "call_id": "c1", "tenant": "acme", "caller": "555", "caller_name": None,
-        "callee": "1001", "callee_extension": "1001", "is_ai_handled": True,
-        "created_at": "2025-01-02T03:04:05+00:00"}
 
 
 # -- rate limit --------------------------------------------------------------------------

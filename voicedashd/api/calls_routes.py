@@ -18,8 +18,8 @@ from quart_schema import (
 from .. import callstore
 from ..access import may_see
 from ..calls import Call
-from ..callstore import HistoryCursor, StoredCall, TranscriptEntry
-from ..events import CallInfo
+from ..callstore import HistoryCursor, TranscriptEntry
+from ..events import CallInfo, CallPhase, CallSummary
 from .auth_routes import ErrorResponse
 from .deps import deps
 from .security import AuthUser, requires_user
@@ -56,31 +56,19 @@ class Party(BaseModel):
     name: str | None
 
 
-class ActiveCall(BaseModel):
-    """A call in progress; started_at is when it was answered (else when it arrived)."""
+class CallSummaryModel(BaseModel):
+    """A call, live or past, as `CallSummary.wire()` has it; started_at is when it arrived."""
 
     call_id: str
+    tenant: str
     caller: Party
+    caller_name: str | None
     callee: str
     callee_extension: str
     is_ai_handled: bool
     started_at: datetime
-    state: Literal["ringing", "answered", "confirmed"]
-
-
-class ActiveCalls(RootModel[list[ActiveCall]]):
-    """The calls in progress that the user may see, oldest first."""
-
-
-class PastCall(BaseModel):
-    """A call of the history; started_at is when it arrived, answered_at when it was answered."""
-
-    call_id: str
-    caller: Party
-    callee: str
-    callee_extension: str
-    is_ai_handled: bool
-    started_at: datetime
+    created_at: datetime
+    state: Literal["ringing", "answered", "confirmed", "ended"]
     answered: bool
     answered_at: datetime | None
     ended_at: datetime | None
@@ -88,10 +76,14 @@ class PastCall(BaseModel):
     duration: float | None
 
 
+class ActiveCalls(RootModel[list[CallSummaryModel]]):
+    """The calls in progress that the user may see, oldest first."""
+
+
 class HistoryResponse(BaseModel):
     """One page of history, newest first; pass next_before as `before` for the next (null: done)."""
 
-    calls: list[PastCall]
+    calls: list[CallSummaryModel]
     next_before: str | None
 
 
@@ -113,25 +105,13 @@ class TranscriptResponse(BaseModel):
     entries: list[TranscriptLine]
 
 
-def _party(info: CallInfo) -> Party:
-    return Party(number=info.caller, name=info.caller_name)
+def _model(summary: CallSummary) -> CallSummaryModel:
+    return CallSummaryModel.model_validate(summary.wire())
 
 
-def _active(call: Call) -> ActiveCall:
-    info = call.info
-    return ActiveCall(call_id=info.call_id, caller=_party(info), callee=info.callee,
-                      callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
-                      started_at=call.started_at or info.created_at,
-                      state=call.state.value)  # type: ignore[arg-type]
-
-
-def _past(call: StoredCall) -> PastCall:
-    info = call.info
-    return PastCall(call_id=info.call_id, caller=_party(info), callee=info.callee,
-                    callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
-                    started_at=info.created_at, answered=call.answered_at is not None,
-                    answered_at=call.answered_at, ended_at=call.ended_at,
-                    end_reason=call.end_reason, duration=call.duration)
+def _active(call: Call) -> CallSummary:
+    return CallSummary(info=call.info, phase=CallPhase(call.state.value),
+                       answered_at=call.started_at)
 
 
 def _line(entry: TranscriptEntry) -> TranscriptLine:
@@ -146,7 +126,7 @@ def _line(entry: TranscriptEntry) -> TranscriptLine:
 @document_response(ErrorResponse, 401)
 async def active_calls(user: AuthUser) -> ActiveCalls:
     """Calls in progress that the user may see (admins: all of their tenant), oldest first."""
-    calls = [_active(c) for c in deps().calls.active_calls() if may_see(user, c.info)]
+    calls = [_model(_active(c)) for c in deps().calls.active_calls() if may_see(user, c.info)]
     log.info("active_calls_retrieved", extension=user.extension, tenant=user.tenant,
              count=len(calls), progress="realtime")
     return ActiveCalls(calls)
@@ -167,19 +147,20 @@ async def call_history(user: AuthUser, query_args: HistoryQuery) -> HistoryRespo
     page = await callstore.call_history(store, user, before=query_args.before,
                                         limit=query_args.limit)
     next_before = page.next_before.encode() if page.next_before else None
-    return HistoryResponse(calls=[_past(c) for c in page.calls], next_before=next_before)
+    return HistoryResponse(calls=[_model(c) for c in page.calls], next_before=next_before)
 
 
 async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None:
     """The call's data and whether it ended, if it exists and the user may see it."""
     api = deps()
     live = api.calls.get(call_id)
-    info = live.info if live is not None else api.bus.info(call_id)
-    if info is None:
-        stored = await callstore.get_call(api.store, call_id)
-        info = stored.info if stored is not None else None
-    if info is None:
-        return None
+    if live is not None:
+        info = live.info
+    else:
+        summary = await callstore.find_call(api.store, api.bus, call_id)
+        if summary is None:
+            return None
+        info = summary.info
     if not may_see(user, info):
         log.warning("call_transcript_forbidden", call_id=call_id, extension=user.extension,
                     tenant=user.tenant)
@@ -192,12 +173,18 @@ async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None
 @validate_response(TranscriptResponse, 200)
 @document_response(ErrorResponse, 401)
 @document_response(ErrorResponse, 404)
+@document_response(ErrorResponse, 500)
 async def transcript(user: AuthUser, call_id: str) -> object:
     """The transcript of a live or finished call; 404 alike for unknown and other people's calls."""
     visible = await _visible(user, call_id)
     if visible is None:
         return {"error": "not_found", "detail": "no call with this id"}, 404
     info, ended = visible
-    entries = await callstore.read_transcript(deps().store, deps().bus, info.call_id)
+    try:
+        entries = await callstore.read_transcript(deps().store, deps().bus, info.call_id)
+    except ValueError:
+        log.exception("call_transcript_unreadable", call_id=call_id)
+        return {"error": "internal_error",
+                "detail": "the call's history cannot be read; try again later"}, 500
     return TranscriptResponse(call_id=info.call_id, ended=ended,
                               entries=[_line(e) for e in entries])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ..access import may_see
 from ..auth import Authenticator, AuthUser, InvalidToken, decode_access_token
 from ..bus import EventBus
-from ..callstore import get_call
+from ..callstore import events_since, find_call
 from ..config import HubConfig
-from ..events import CallEnded, CallEvent, CallInfo, event_from_record
+from ..events import CallEnded, CallEvent, CallInfo
 from ..livecfg import LiveConfig
 from ..metrics import Metrics
 from ..store import Store
@@ -41,7 +40,6 @@ from .protocol import (
     SubscribeCall,
     TokenBucket,
     UnsubscribeCall,
-    call_summary,
     clip_reason,
     closing,
     encode,
@@ -58,7 +56,6 @@ log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 5.0             # a server-initiated close, including the in-flight send
 SHUTDOWN_CLOSE_TIMEOUT = 0.25   # per connection (in parallel) when the daemon stops
-BACKLOG_ROUNDS = 3
 WIRE_CACHE_SIZE = 4096
 
 
@@ -422,11 +419,11 @@ class Session:
             self._reply(reply_error(request.id, TOO_MANY_SUBSCRIPTIONS,
                                     f"at most {limit} calls at once; unsubscribe one first"))
             return
-        info = self._deps.bus.info(call_id) or await self._stored_call(call_id)
-        if info is None:
+        summary = await find_call(self._deps.store, self._deps.bus, call_id)
+        if summary is None:
             self._reply(reply_error(request.id, NOT_FOUND, f"no call {call_id!r}"))
             return
-        if not may_see(user, info):
+        if not may_see(user, summary.info):
             log.warning("subscribe_call_forbidden", call_id=call_id, progress="realtime",
                         **self._who())
             self._reply(reply_error(request.id, FORBIDDEN, "this call is not yours to see"))
@@ -435,15 +432,16 @@ class Session:
         sub.held = []                           # live events wait here while the backlog is read
         self._router.follow(self, call_id)
         try:
-            backlog = await self._backlog(call_id, request.since_seq)
-        except ValueError as exc:
+            backlog = await events_since(self._deps.store, self._deps.bus, call_id,
+                                         request.since_seq)
+        except ValueError:
             del self._subs[call_id]
             self._router.unfollow(self, call_id)
-            log.error("ws_backlog_failed", call_id=call_id, error=str(exc), **self._who())
+            log.exception("ws_backlog_failed", call_id=call_id, **self._who())
             self._reply(reply_error(request.id, INTERNAL_ERROR, "the call's history cannot be "
                                     "read; try again later"))
             return
-        self._enqueue(_Backlog(request.id, call_id, call_summary(info), request.since_seq,
+        self._enqueue(_Backlog(request.id, call_id, summary.wire(), request.since_seq,
                                tuple(backlog)))
         held, sub.held = sub.held, None
         for event in held:
@@ -458,42 +456,6 @@ class Session:
             log.info("ws_call_unsubscribed", call_id=request.call_id, progress="realtime",
                      **self._who())
         self._reply(reply_ok(request.id, call_id=request.call_id))
-
-    async def _stored_call(self, call_id: str) -> CallInfo | None:
-        """A call no longer in the bus's memory (long ended, or before a restart)."""
-        stored = await get_call(self._deps.store, call_id)
-        return stored.info if stored is not None else None
-
-    async def _backlog(self, call_id: str, since_seq: int) -> list[CallEvent]:
-        """Every event of a call after since_seq, in order: memory first, else the store."""
-        bus = self._deps.bus
-        events: list[CallEvent] = []
-        cursor = since_seq
-        for _ in range(BACKLOG_ROUNDS):
-            in_memory = bus.info(call_id) is not None
-            recent = bus.history(call_id, cursor)
-            if in_memory and (not recent or recent[0].seq == cursor + 1):
-                return events + recent
-            # The memory does not reach back to cursor: read the store, with nothing in flight.
-            await self._deps.store.flush()
-            stored = await self._stored_events(call_id, cursor)
-            events += stored
-            log.debug("ws_backlog_from_store", call_id=call_id, after=cursor, events=len(stored),
-                      **self._who())
-            cursor = stored[-1].seq if stored else cursor
-            if not in_memory:
-                return events
-        recent = bus.history(call_id, cursor)
-        log.warning("ws_backlog_gap", call_id=call_id, after=cursor,
-                    resumes_at=recent[0].seq if recent else None, **self._who())
-        return events + recent
-
-    async def _stored_events(self, call_id: str, since_seq: int) -> list[CallEvent]:
-        rows = await self._deps.store.call_rows(
-            "SELECT seq, name, ts, data FROM events WHERE call_id = ? AND seq > ? ORDER BY seq",
-            (call_id, since_seq))
-        return [event_from_record(call_id, row["seq"], row["name"], row["ts"],
-                                  json.loads(row["data"])) for row in rows]
 
     # -- closing -------------------------------------------------------------------------
 

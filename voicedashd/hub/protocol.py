@@ -6,7 +6,6 @@ here touches a socket or a clock: time is passed in.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..config import Config, normalize_origin
-from ..events import CallInfo
 
 RESOURCE = "/ws"
 AUTH_TIMEOUT = 5.0
@@ -243,13 +241,6 @@ def closing(code: int, reason: str, last_delivered: Mapping[str, int]) -> dict[s
     """Sent just before a server-initiated close: the code, why, and what was delivered."""
     return {"type": "closing", "code": code, "reason": reason,
             "last_delivered": dict(last_delivered)}
-
-
-def call_summary(info: CallInfo) -> dict[str, Any]:
-    """A call's data as sent in a subscribe reply."""
-    out = dataclasses.asdict(info)
-    out["created_at"] = info.created_at.isoformat()
-    return out
 
 
 def too_slow_reason(last_delivered: Mapping[str, int]) -> str:
