@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from collections.abc import Mapping
@@ -14,7 +13,14 @@ from .api.app import serve_api
 from .api.deps import ApiDeps
 from .auth import Authenticator
 from .bus import EventBus
-from .config import Config, ConfigError, load_config, restart_needed
+from .config import (
+    Config,
+    ConfigError,
+    apply_reload,
+    changed_keys,
+    config_value,
+    load_config,
+)
 from .heap import settle_heap
 from .hub.server import serve_hub
 from .livecfg import LiveConfig
@@ -33,10 +39,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: Notifier,
                         metrics: Metrics) -> bool:
-    """Re-read the config file; apply what can change live, keep the old config on error."""
+    """Re-read the config file; apply the live keys, keep the restart-only ones, log each."""
     await notifier.reloading()
     try:
-        new = await trio.to_thread.run_sync(load_config, live.current.path, environ)
+        loaded = await trio.to_thread.run_sync(load_config, live.current.path, environ)
     except ConfigError as exc:
         metrics.reloads.labels("error").inc()
         log.error("config_reload_failed", error="; ".join(exc.problems),
@@ -44,27 +50,27 @@ async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: 
         return False
     finally:
         await notifier.ready()
-    old = live.current
-    needs_restart = restart_needed(old, new)
-    # Listeners, the store and the signing key stay as bound at start until a restart.
-    applied = dataclasses.replace(
-        new,
-        sip=new.sip.model_copy(update={"listen": old.sip.listen}),
-        media=old.media,
-        api=new.api.model_copy(update={"listen": old.api.listen, "tls_cert": old.api.tls_cert,
-                                       "tls_key": old.api.tls_key}),
-        hub=new.hub.model_copy(update={"listen": old.hub.listen}),
-        store=old.store,
-        jwt_secret=old.jwt_secret,
-    )
-    live.replace(applied)
-    configure_logging(applied.log)
+    running = live.current
+    live.replace(apply_reload(running, loaded))
+    configure_logging(live.current.log)
     metrics.reloads.labels("ok").inc()
-    log.info("config_reloaded", users=len(applied.users), tenants=len(applied.tenants),
-             generation=live.generation)
-    if needs_restart:
-        log.warning("config_reload_needs_restart", keys=needs_restart)
+    # What was applied and what was kept are read back from the config now in force.
+    for key in changed_keys(live.current, loaded):
+        log.warning("config_reload_needs_restart", key=key,
+                    running=_shown(config_value(live.current, key)),
+                    file=_shown(config_value(loaded, key)))
+    log.info("config_reloaded", users=len(live.current.users), tenants=len(live.current.tenants),
+             generation=live.generation, applied=changed_keys(running, live.current))
     return True
+
+
+def _shown(value: object) -> object:
+    """A config value as a log field: paths and addresses as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return [_shown(v) for v in value]
+    return str(value)
 
 
 async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
