@@ -26,15 +26,17 @@ from .hub.server import serve_hub
 from .livecfg import LiveConfig
 from .logs import configure_logging
 from .metrics import Metrics
-from .readiness import Readiness
+from .readiness import CHECKS, Readiness
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
 from .sip.serve import serve_sip
-from .store import open_store
+from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
 
 log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# end_reason of a call that was still up when the previous process died
+INTERRUPTED = "interrupted"
 
 
 async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: Notifier,
@@ -73,6 +75,13 @@ def _shown(value: object) -> object:
     return str(value)
 
 
+async def _close_interrupted_calls(store: Store) -> None:
+    """Close in history the calls a killed process (kill -9, power loss) left without an end."""
+    closed = await store.mark_unfinished_calls(INTERRUPTED)
+    if closed:
+        log.warning("store_unfinished_calls_closed", count=closed, end_reason=INTERRUPTED)
+
+
 async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until SIGTERM/SIGINT, then stop gracefully within the grace period."""
@@ -84,6 +93,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
     notifier = Notifier.from_environ(environ)
     with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
         async with notifier, open_store(config.store.path, metrics) as store:
+            await _close_interrupted_calls(store)
             readiness.probes["store"] = store.check
             readiness.mark_up("store")
             http_shutdown = trio.Event()
@@ -117,7 +127,8 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
                 await notifier.stopping()
-                readiness.bound.clear()
+                for part in CHECKS:     # not ready while stopping: balancers stop sending
+                    readiness.mark_down(part)
                 with trio.move_on_after(live.current.daemon.shutdown_grace) as grace:
                     await calls.stop()
                     http_shutdown.set()

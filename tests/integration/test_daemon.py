@@ -1,10 +1,14 @@
-"""The real daemon as a subprocess: readiness, health, metrics, graceful stop."""
+"""The real daemon as a subprocess: readiness, health, metrics, graceful stop, crash."""
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import signal
 import socket
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +16,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import make_config, run_daemon
+from tests.sipp import RawSipPeer, to_tag
 
 
 async def test_ready_health_and_metrics(tmp_path: Path) -> None:
@@ -100,3 +105,60 @@ async def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
         await daemon.wait_for_notification("WATCHDOG=1", start=start + 1)
         pings = [n for n in daemon.notifications if n == "WATCHDOG=1"]
         assert len(pings) >= 2
+
+
+async def test_a_call_cut_by_kill_9_is_closed_in_history_at_the_next_start(
+        tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    database = tmp_path / "store.sqlite3"
+    async with run_daemon(config.path) as daemon, RawSipPeer(config.sip_port) as peer:
+        call_id = f"{secrets.token_hex(6)}@test"
+        await peer.send(peer.invite(branch=f"z9hG4bK{secrets.token_hex(6)}", call_id=call_id))
+        tag = to_tag(await peer.receive_status(200))
+        await peer.send(peer.in_dialog("ACK", call_id=call_id, from_tag="caller1", to_tag=tag,
+                                       cseq=1))
+        started = await daemon.wait_for_log("call_started")
+        with trio.fail_after(10):
+            while _call_row(database, started["call_id"]) is None:
+                await trio.sleep(0.05)      # the store writer has no event a test can await
+        daemon.process.kill()
+        await daemon.process.wait()
+    assert _call_row(database, started["call_id"])["ended_at"] is None
+    async with run_daemon(config.path) as daemon:
+        closed = await daemon.wait_for_log("store_unfinished_calls_closed")
+        assert closed["count"] == 1
+        row = _call_row(database, started["call_id"])
+        assert row["end_reason"] == "interrupted"
+        assert row["ended_at"] is not None
+
+
+def _call_row(database: Path, call_id: str) -> dict[str, Any] | None:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    return None if row is None else dict(row)
+
+
+async def test_readiness_fails_while_the_daemon_stops(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon, RawSipPeer(config.sip_port) as peer, \
+            httpx.AsyncClient(base_url=config.api_url) as http:
+        call_id = f"{secrets.token_hex(6)}@test"
+        await peer.send(peer.invite(branch=f"z9hG4bK{secrets.token_hex(6)}", call_id=call_id))
+        tag = to_tag(await peer.receive_status(200))
+        await peer.send(peer.in_dialog("ACK", call_id=call_id, from_tag="caller1", to_tag=tag,
+                                       cseq=1))
+        await daemon.wait_for_log("call_started")
+        assert (await http.get("/readyz")).status_code == 200
+        daemon.send_signal(signal.SIGTERM)
+        # The daemon hangs up and waits for our answer to its BYE: it is stopping, not ready.
+        while not (await peer.receive()).startswith("BYE "):
+            pass
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert set(ready.json()["checks"].values()) == {"fail"}
+        with trio.fail_after(15):
+            await daemon.process.wait()
+        assert daemon.process.returncode == 0
