@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import socket
@@ -12,6 +13,7 @@ import httpx
 import jwt
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 
 from tests.harness import DaemonConfig, User, make_config, run_daemon
 from tests.reload_cases import (
@@ -126,6 +128,15 @@ async def test_every_key_of_the_readme_table_reloads_as_the_table_says(tmp_path:
                             algorithms=["HS256"], audience="voicedashd-dashboard-reloaded",
                             issuer="voicedashd-reloaded")
         assert claims["exp"] - claims["iat"] == 600
+        # The hub takes that token, and reads (answers, not closes with 1009) a message larger
+        # than the file's new 4096-byte limit: the 64 KiB it was started with stays in force.
+        origin = [(b"Origin", config.api_url.encode())]
+        async with open_websocket_url(f"ws://127.0.0.1:{config.hub_port}/ws",
+                                      extra_headers=origin) as ws:
+            await ws.send_message(json.dumps({"type": "auth", "token": token}))
+            assert json.loads(await ws.get_message())["type"] == "connection_established"
+            await ws.send_message(json.dumps({"type": "ping", "id": "x" * 8000}))
+            assert json.loads(await ws.get_message())["error"] == "bad_request"
         # CORS origins and the page's hub URL.
         preflight = await http.options("/api/calls", headers={
             "Origin": "https://dash.example.com", "Access-Control-Request-Method": "GET"})
