@@ -733,7 +733,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
 })
 # Config attributes resolved from a key rather than read from the file: they change, and are
 # kept, with that key (the secret may also come from VOICEDASHD_JWT_SECRET).
-_DERIVED = {"auth.jwt_secret_file": "jwt_secret"}
+_DERIVED: Mapping[str, str] = MappingProxyType({"auth.jwt_secret_file": "jwt_secret"})
 
 
 def file_keys() -> list[str]:
