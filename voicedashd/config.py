@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import ipaddress
 import os
 import re
 import string
 import tomllib
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -635,19 +638,163 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, path=path, environ=environ)
 
 
-RESTART_KEYS = ("sip.listen", "media.address", "media.rtp_ports", "media.jitter_buffer",
-                "media.record_dir", "api.listen", "api.tls_cert",
-                "api.tls_key", "hub.listen", "hub.max_message_size", "hub.send_buffer",
-                "store.path", "voicebot.speech_workers")
+class Reload(enum.StrEnum):
+    """When a changed key takes effect."""
+
+    LIVE = "live"
+    RESTART = "restart"
 
 
-def restart_needed(old: Config, new: Config) -> list[str]:
-    """List the changed settings that only take effect after a restart."""
-    changed = []
-    for key in RESTART_KEYS:
-        section, name = key.split(".")
-        if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
-            changed.append(key)
-    if old.jwt_secret != new.jwt_secret:
-        changed.append("auth.jwt_secret_file")
-    return changed
+_LIVE, _RESTART = Reload.LIVE, Reload.RESTART
+# The one table of what a reload (SIGHUP) does with each key; README's configuration table and
+# tests/unit/test_reload_table.py check against it. RESTART keys are bound at start (sockets,
+# the port pool, the database, the signing key, the speech worker limiter, the WebSocket
+# server's message limit and buffer): a reload keeps their running value and logs each change.
+# LIVE keys are read from LiveConfig per use, so the new value is in force for the next call,
+# request or connection. A key inside [[tenants]], [[users]] or [[voicebot.overrides]] names
+# that field of every entry.
+RELOAD: Mapping[str, Reload] = MappingProxyType({
+    "sip.listen": _RESTART,
+    "sip.trusted": _LIVE,
+    "sip.public_address": _LIVE,
+    "sip.user_agent": _LIVE,
+    "sip.answer_delay": _LIVE,
+    "media.address": _RESTART,
+    "media.rtp_ports": _RESTART,
+    "media.timeout": _LIVE,
+    "media.jitter_buffer": _LIVE,
+    "media.record_dir": _LIVE,
+    "api.listen": _RESTART,
+    "api.cors_origins": _LIVE,
+    "api.tls_cert": _RESTART,
+    "api.tls_key": _RESTART,
+    "hub.listen": _RESTART,
+    "hub.origins": _LIVE,
+    "hub.max_subscriptions": _LIVE,
+    "hub.queue_size": _LIVE,
+    "hub.max_message_size": _RESTART,
+    "hub.rate_limit": _LIVE,
+    "hub.rate_burst": _LIVE,
+    "hub.ping_interval": _LIVE,
+    "hub.ping_timeout": _LIVE,
+    "hub.send_buffer": _RESTART,
+    "hub.public_url": _LIVE,
+    "store.path": _RESTART,
+    "auth.jwt_secret_file": _RESTART,
+    "auth.issuer": _LIVE,
+    "auth.audience": _LIVE,
+    "auth.access_token_ttl": _LIVE,
+    "auth.refresh_token_ttl": _LIVE,
+    "daemon.shutdown_grace": _LIVE,
+    "log.level": _LIVE,
+    "log.format": _LIVE,
+    "tenants.name": _LIVE,
+    "tenants.domains": _LIVE,
+    "tenants.default": _LIVE,
+    "users.extension": _LIVE,
+    "users.tenant": _LIVE,
+    "users.role": _LIVE,
+    "users.password_hash": _LIVE,
+    "voicebot.knowledge": _LIVE,
+    "voicebot.greeting": _LIVE,
+    "voicebot.fallback": _LIVE,
+    "voicebot.farewell": _LIVE,
+    "voicebot.system_prompt": _LIVE,
+    "voicebot.top_k": _LIVE,
+    "voicebot.answer_sentences": _LIVE,
+    "voicebot.vad_stop": _LIVE,
+    "voicebot.barge_in": _LIVE,
+    "voicebot.speech_workers": _RESTART,
+    "voicebot.processors": _LIVE,
+    "voicebot.stt.engine": _LIVE,
+    "voicebot.stt.model": _LIVE,
+    "voicebot.stt.language": _LIVE,
+    "voicebot.stt.base_url": _LIVE,
+    "voicebot.stt.api_key_env": _LIVE,
+    "voicebot.tts.engine": _LIVE,
+    "voicebot.tts.voice": _LIVE,
+    "voicebot.tts.speed": _LIVE,
+    "voicebot.tts.model": _LIVE,
+    "voicebot.tts.base_url": _LIVE,
+    "voicebot.tts.api_key_env": _LIVE,
+    "voicebot.llm.engine": _LIVE,
+    "voicebot.llm.model": _LIVE,
+    "voicebot.llm.base_url": _LIVE,
+    "voicebot.llm.api_key_env": _LIVE,
+    "voicebot.llm.temperature": _LIVE,
+    "voicebot.llm.max_tokens": _LIVE,
+    "voicebot.overrides.tenant": _LIVE,
+    "voicebot.overrides.extension": _LIVE,
+    "voicebot.overrides.knowledge": _LIVE,
+    "voicebot.overrides.greeting": _LIVE,
+    "voicebot.overrides.fallback": _LIVE,
+    "voicebot.overrides.farewell": _LIVE,
+    "voicebot.overrides.system_prompt": _LIVE,
+})
+# Config attributes resolved from a key rather than read from the file: they change, and are
+# kept, with that key (the secret may also come from VOICEDASHD_JWT_SECRET).
+_DERIVED: Mapping[str, str] = MappingProxyType({"auth.jwt_secret_file": "jwt_secret"})
+
+
+def file_keys() -> list[str]:
+    """Every key the TOML file may set, as dotted paths (list entries by field name)."""
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        keys = []
+        for name, info in model.model_fields.items():
+            nested = _section_model(info.annotation)
+            keys += walk(nested, f"{prefix}{name}.") if nested else [prefix + name]
+        return keys
+    return walk(_FileModel, "")
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a [section] or [[list]] field, None for a plain value."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def config_value(config: Config, key: str) -> Any:
+    """The value of a dotted key; for a key inside a [[list]], that field of every entry."""
+    value: Any = config
+    for part in key.split("."):
+        if isinstance(value, tuple):
+            value = tuple(getattr(item, part) for item in value)
+        else:
+            value = getattr(value, part)
+    return value
+
+
+def _differs(a: Config, b: Config, key: str) -> bool:
+    derived = _DERIVED.get(key)
+    return config_value(a, key) != config_value(b, key) or (
+        derived is not None and getattr(a, derived) != getattr(b, derived))
+
+
+def changed_keys(a: Config, b: Config) -> list[str]:
+    """The keys of the reload table whose values differ between two configs, in table order."""
+    return [key for key in RELOAD if _differs(a, b, key)]
+
+
+def _with_value(node: Any, path: list[str], value: Any) -> Any:
+    """A copy of a frozen config node with the value at path replaced."""
+    head, *rest = path
+    if rest:
+        value = _with_value(getattr(node, head), rest, value)
+    if isinstance(node, BaseModel):
+        return node.model_copy(update={head: value})
+    if isinstance(node, Config):
+        return replace(node, **{head: value})
+    raise TypeError(f"{head}: a restart-only key cannot sit inside a [[list]]")
+
+
+def apply_reload(running: Config, loaded: Config) -> Config:
+    """The config to put in force after a reload: loaded, with restart-only keys as running."""
+    applied = loaded
+    for key, when in RELOAD.items():
+        if when is Reload.RESTART:
+            applied = _with_value(applied, key.split("."), config_value(running, key))
+            if derived := _DERIVED.get(key):
+                applied = replace(applied, **{derived: getattr(running, derived)})
+    return applied

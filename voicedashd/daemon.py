@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from collections.abc import Mapping
@@ -15,31 +14,40 @@ from .api.deps import ApiDeps
 from .auth import Authenticator
 from .bus import EventBus
 from .calls import advertised_host, serve_calls
-from .config import Config, ConfigError, load_config, restart_needed
+from .config import (
+    Config,
+    ConfigError,
+    apply_reload,
+    changed_keys,
+    config_value,
+    load_config,
+)
 from .heap import settle_heap
 from .hub.server import serve_hub
 from .livecfg import LiveConfig
 from .logs import configure_logging
 from .metrics import Metrics
-from .readiness import Readiness
+from .readiness import CHECKS, Readiness
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
 from .sip.endpoint import SipClient
 from .sip.serve import serve_sip
 from .sip.transport import open_transport
-from .store import open_store
+from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
 
 log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# end_reason of a call that was still up when the previous process died
+INTERRUPTED = "interrupted"
 
 
 async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: Notifier,
                         metrics: Metrics) -> bool:
-    """Re-read the config file; apply what can change live, keep the old config on error."""
+    """Re-read the config file; apply the live keys, keep the restart-only ones, log each."""
     await notifier.reloading()
     try:
-        new = await trio.to_thread.run_sync(load_config, live.current.path, environ)
+        loaded = await trio.to_thread.run_sync(load_config, live.current.path, environ)
     except ConfigError as exc:
         metrics.reloads.labels("error").inc()
         log.error("config_reload_failed", error="; ".join(exc.problems),
@@ -47,27 +55,34 @@ async def reload_config(live: LiveConfig, environ: Mapping[str, str], notifier: 
         return False
     finally:
         await notifier.ready()
-    old = live.current
-    needs_restart = restart_needed(old, new)
-    # Listeners, the store and the signing key stay as bound at start until a restart.
-    applied = dataclasses.replace(
-        new,
-        sip=new.sip.model_copy(update={"listen": old.sip.listen}),
-        media=old.media,
-        api=new.api.model_copy(update={"listen": old.api.listen, "tls_cert": old.api.tls_cert,
-                                       "tls_key": old.api.tls_key}),
-        hub=new.hub.model_copy(update={"listen": old.hub.listen}),
-        store=old.store,
-        jwt_secret=old.jwt_secret,
-    )
-    live.replace(applied)
-    configure_logging(applied.log)
+    running = live.current
+    live.replace(apply_reload(running, loaded))
+    configure_logging(live.current.log)
     metrics.reloads.labels("ok").inc()
-    log.info("config_reloaded", users=len(applied.users), tenants=len(applied.tenants),
-             generation=live.generation)
-    if needs_restart:
-        log.warning("config_reload_needs_restart", keys=needs_restart)
+    # What was applied and what was kept are read back from the config now in force.
+    for key in changed_keys(live.current, loaded):
+        log.warning("config_reload_needs_restart", key=key,
+                    running=_shown(config_value(live.current, key)),
+                    file=_shown(config_value(loaded, key)))
+    log.info("config_reloaded", users=len(live.current.users), tenants=len(live.current.tenants),
+             generation=live.generation, applied=changed_keys(running, live.current))
     return True
+
+
+def _shown(value: object) -> object:
+    """A config value as a log field: paths and addresses as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return [_shown(v) for v in value]
+    return str(value)
+
+
+async def _close_interrupted_calls(store: Store) -> None:
+    """Close in history the calls a killed process (kill -9, power loss) left without an end."""
+    closed = await store.mark_unfinished_calls(INTERRUPTED)
+    if closed:
+        log.warning("store_unfinished_calls_closed", count=closed, end_reason=INTERRUPTED)
 
 
 async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
@@ -81,6 +96,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
     notifier = Notifier.from_environ(environ)
     with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
         async with notifier, open_store(config.store.path, metrics) as store:
+            await _close_interrupted_calls(store)
             readiness.probes["store"] = store.check
             readiness.mark_up("store")
             http_shutdown = trio.Event()
@@ -118,7 +134,8 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
                 await notifier.stopping()
-                readiness.bound.clear()
+                for part in CHECKS:     # not ready while stopping: balancers stop sending
+                    readiness.mark_down(part)
                 with trio.move_on_after(live.current.daemon.shutdown_grace) as grace:
                     await calls.stop()
                     http_shutdown.set()

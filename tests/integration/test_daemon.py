@@ -1,17 +1,22 @@
-"""The real daemon as a subprocess: readiness, health, metrics, reload, graceful stop."""
+"""The real daemon as a subprocess: readiness, health, metrics, graceful stop, crash."""
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import signal
 import socket
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import User, make_config, run_daemon
+from tests.harness import make_config, run_daemon
+from tests.sipp import RawSipPeer, to_tag
 
 
 async def test_ready_health_and_metrics(tmp_path: Path) -> None:
@@ -77,52 +82,6 @@ async def test_port_in_use_is_fatal_with_the_setting_named(tmp_path: Path, setti
         blocker.close()
 
 
-async def test_sighup_with_broken_file_keeps_old_config(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    config.write()
-    async with run_daemon(config.path) as daemon, httpx.AsyncClient(
-            base_url=config.api_url) as http:
-        good_text = config.path.read_text()
-        config.path.write_text(good_text.replace('listen = "127.0.0.1:', 'listn = "127.0.0.1:', 1))
-        mark = len(daemon.notifications)
-        daemon.send_signal(signal.SIGHUP)
-        failure = await daemon.wait_for_log("config_reload_failed")
-        assert "sip.listn: unknown key" in failure["error"]
-        await daemon.wait_for_notification("RELOADING=1", start=mark)
-        await daemon.wait_for_notification("READY=1", start=mark + 1)
-        assert (await http.get("/readyz")).status_code == 200
-        assert daemon.process.returncode is None
-
-
-async def test_sighup_applies_a_new_user(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    config.write()
-    async with run_daemon(config.path) as daemon:
-        config.users.append(User("1002"))
-        config.write()
-        mark = len(daemon.notifications)
-        daemon.send_signal(signal.SIGHUP)
-        reloaded = await daemon.wait_for_log("config_reloaded")
-        assert reloaded["users"] == 2
-        reloading = await daemon.wait_for_notification("RELOADING=1", start=mark)
-        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading.split("\n"))
-        await daemon.wait_for_notification("READY=1", start=mark + 1)
-
-
-async def test_sighup_reports_settings_that_need_a_restart(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    config.write()
-    async with run_daemon(config.path) as daemon, httpx.AsyncClient(
-            base_url=config.api_url) as http:
-        old_port = config.api_port
-        config.api_port = old_port + 1
-        config.write()
-        daemon.send_signal(signal.SIGHUP)
-        warning = await daemon.wait_for_log("config_reload_needs_restart")
-        assert "api.listen" in warning["keys"]
-        assert (await http.get(f"http://127.0.0.1:{old_port}/healthz")).status_code == 200
-
-
 async def test_sigterm_stops_cleanly_within_grace(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     config.shutdown_grace = "3s"
@@ -146,3 +105,60 @@ async def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
         await daemon.wait_for_notification("WATCHDOG=1", start=start + 1)
         pings = [n for n in daemon.notifications if n == "WATCHDOG=1"]
         assert len(pings) >= 2
+
+
+async def test_a_call_cut_by_kill_9_is_closed_in_history_at_the_next_start(
+        tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    database = tmp_path / "store.sqlite3"
+    async with run_daemon(config.path) as daemon, RawSipPeer(config.sip_port) as peer:
+        call_id = f"{secrets.token_hex(6)}@test"
+        await peer.send(peer.invite(branch=f"z9hG4bK{secrets.token_hex(6)}", call_id=call_id))
+        tag = to_tag(await peer.receive_status(200))
+        await peer.send(peer.in_dialog("ACK", call_id=call_id, from_tag="caller1", to_tag=tag,
+                                       cseq=1))
+        started = await daemon.wait_for_log("call_started")
+        with trio.fail_after(10):
+            while _call_row(database, started["call_id"]) is None:
+                await trio.sleep(0.05)      # the store writer has no event a test can await
+        daemon.process.kill()
+        await daemon.process.wait()
+    assert _call_row(database, started["call_id"])["ended_at"] is None
+    async with run_daemon(config.path) as daemon:
+        closed = await daemon.wait_for_log("store_unfinished_calls_closed")
+        assert closed["count"] == 1
+        row = _call_row(database, started["call_id"])
+        assert row["end_reason"] == "interrupted"
+        assert row["ended_at"] is not None
+
+
+def _call_row(database: Path, call_id: str) -> dict[str, Any] | None:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    return None if row is None else dict(row)
+
+
+async def test_readiness_fails_while_the_daemon_stops(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    async with run_daemon(config.path) as daemon, RawSipPeer(config.sip_port) as peer, \
+            httpx.AsyncClient(base_url=config.api_url) as http:
+        call_id = f"{secrets.token_hex(6)}@test"
+        await peer.send(peer.invite(branch=f"z9hG4bK{secrets.token_hex(6)}", call_id=call_id))
+        tag = to_tag(await peer.receive_status(200))
+        await peer.send(peer.in_dialog("ACK", call_id=call_id, from_tag="caller1", to_tag=tag,
+                                       cseq=1))
+        await daemon.wait_for_log("call_started")
+        assert (await http.get("/readyz")).status_code == 200
+        daemon.send_signal(signal.SIGTERM)
+        # The daemon hangs up and waits for our answer to its BYE: it is stopping, not ready.
+        while not (await peer.receive()).startswith("BYE "):
+            pass
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert set(ready.json()["checks"].values()) == {"fail"}
+        with trio.fail_after(15):
+            await daemon.process.wait()
+        assert daemon.process.returncode == 0

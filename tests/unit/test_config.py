@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import make_config
-from voicedashd.config import ConfigError, load_config, parse_duration, restart_needed
+from tests.harness import User, make_config
+from voicedashd.config import (
+    ConfigError,
+    apply_reload,
+    changed_keys,
+    load_config,
+    parse_duration,
+)
 from voicedashd.passwords import verify_password
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,12 +150,26 @@ def test_tenant_lookup_by_domain_with_default(tmp_path: Path) -> None:
     assert config.tenant_for_domain(None).name == "acme"
 
 
-def test_restart_needed_lists_listen_changes(tmp_path: Path) -> None:
+def test_reload_keeps_a_changed_listen_address_and_applies_users(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     old = load_config(cfg.write())
     cfg.hub_port += 1
+    cfg.users.append(User("1002"))
     new = load_config(cfg.write())
-    assert restart_needed(old, new) == ["hub.listen"]
+    assert changed_keys(old, new) == ["hub.listen", "users.extension", "users.tenant",
+                                      "users.role", "users.password_hash"]
+    applied = apply_reload(old, new)
+    assert applied.hub.listen == old.hub.listen
+    assert applied.users == new.users
+    assert changed_keys(applied, new) == ["hub.listen"]
+
+
+def test_reload_applies_a_new_media_timeout(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    old = load_config(cfg.write())
+    new = load_config(_edit(cfg.write(), "[media]\n", '[media]\ntimeout = "5s"\n'))
+    assert changed_keys(old, new) == ["media.timeout"]
+    assert apply_reload(old, new).media.timeout == 5.0
 
 
 def test_hash_password_from_stdin_verifies() -> None:
