@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +12,16 @@ import trio
 
 from .bus import EventBus
 from .config import Config
-from .events import CallEnded, CallInfo, CallStarted, Dtmf, EndReason, utc_now
+from .events import (
+    CallEnded,
+    CallInfo,
+    CallPhase,
+    CallStarted,
+    Dtmf,
+    EndReason,
+    call_started_fields,
+    utc_now,
+)
 from .livecfg import LiveConfig
 from .media.dtmf import DtmfDigit
 from .media.ports import PortsExhausted, RtpPortPool, RtpSockets
@@ -55,13 +63,7 @@ BYE_WAIT = 2.0
 RETRY_AFTER_STOPPING = "30"
 
 
-class CallState(enum.StrEnum):
-    """Where a call is, as the API shows it."""
-
-    RINGING = "ringing"
-    ANSWERED = "answered"
-    CONFIRMED = "confirmed"
-    ENDED = "ended"
+CallState = CallPhase  # where a call is, as the API and the hub show it
 
 
 _STATE_OF_DIALOG = {
@@ -322,10 +324,7 @@ class CallManager:
         call.started_at = utc_now()
         self.metrics.active_calls.inc()
         info = call.info
-        self.bus.emit(CallStarted, call.id, tenant=info.tenant, caller=info.caller,
-                      caller_name=info.caller_name, callee=info.callee,
-                      callee_extension=info.callee_extension, is_ai_handled=info.is_ai_handled,
-                      started_at=call.started_at)
+        self.bus.emit(CallStarted, call.id, **call_started_fields(info, call.started_at))
         call.running = True
         self._nursery.start_soon(self._run_call, call)
 
