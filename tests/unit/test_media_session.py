@@ -195,7 +195,6 @@ async def test_the_recording_holds_the_call_even_when_it_is_cancelled(tmp_path: 
         "media_recording_saved"]
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 async def test_a_recording_the_disk_refuses_ends_the_recording_not_the_call() -> None:
     """Logged once, with the traceback, where it is handled; the session carries on."""
     settings = SessionSettings(rate=8000, timeout=60, record_to=Path("/dev/full"))
