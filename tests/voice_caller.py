@@ -39,7 +39,7 @@ def speak(text: str, path: Path, *, lead: float = 0.0, tail: float = 1.5) -> Pat
     wav = path.with_suffix(".wav")
     subprocess.run([festival, "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", str(wav)],
                    input=text.encode(), check=True)
-    subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
+    subprocess.run([sox, "-D", str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(path), "pad", str(lead), str(tail)], check=True)
     return path
 

@@ -69,9 +69,9 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
     wav, ulaw, s16 = directory / "speech.wav", directory / "speech.ul", directory / "ref.s16"
     subprocess.run([_tool("espeak-ng"), "-w", str(wav), SENTENCE], check=True)
     sox = _tool("sox")
-    subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
+    subprocess.run([sox, "-D", str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(ulaw)], check=True)
-    subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "signed", "-b", "16",
+    subprocess.run([sox, "-D", str(wav), "-r", "8000", "-c", "1", "-e", "signed", "-b", "16",
                     "-t", "raw", str(s16)], check=True)
     return Speech(ulaw, np.fromfile(s16, dtype="<i2").astype(np.float64))
 
@@ -151,7 +151,7 @@ async def test_silent_peer_ends_with_media_timeout_and_the_port_is_reused(
     """Each call sends 0.6 s of RTP, then nothing: BYE after media.timeout; 2 port pairs serve
     3 calls, so a released port is handed out again."""
     tone = tmp_path / "speech.ul"
-    subprocess.run([_tool("sox"), "-n", "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
+    subprocess.run([_tool("sox"), "-D", "-n", "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(tone), "synth", "0.6", "sine", "440"], check=True)
     config = _config(tmp_path, media='timeout = "1s"', rtp_ports=free_even_port_range(4))
     async with run_daemon(config.path) as daemon:

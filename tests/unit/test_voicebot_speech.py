@@ -48,7 +48,7 @@ def telephone_audio(text: str, tmp_path: Path) -> bytes:
     assert espeak and sox, "scripts/test installs espeak-ng and sox"
     wav, ulaw = tmp_path / "said.wav", tmp_path / "said.ul"
     subprocess.run([espeak, "-w", str(wav), text], check=True)
-    subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
+    subprocess.run([sox, "-D", str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(ulaw), "pad", "0.3", "0.4"], check=True)
     pcm8 = PCMU.decode(ulaw.read_bytes())
     resampler = Resampler(8000, 16000)

@@ -50,7 +50,7 @@ def telephone_audio(text: str, tmp_path: Path, *, lead: float = 0.3, tail: float
     wav, ulaw = tmp_path / "said.wav", tmp_path / "said.ul"
     subprocess.run([festival, "-eval", "(voice_cmu_us_slt_arctic_hts)", "-o", str(wav)],
                    input=text.encode(), check=True)
-    subprocess.run([sox, str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
+    subprocess.run([sox, "-D", str(wav), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw",
                     str(ulaw), "pad", str(lead), str(tail)], check=True)
     return upsample(PCMU.decode(ulaw.read_bytes()))
 
