@@ -159,11 +159,16 @@ async def test_handshake_and_authentication_are_enforced(tmp_path: Path) -> None
             token = await token_of(config, alice)
             secret = (config.dir / "jwt-secret").read_bytes().strip()
 
-            # Rejected in the handshake: wrong path, foreign or missing Origin, token in the URL.
+            # Rejected in the handshake: wrong path, a foreign Origin (even with a valid token),
+            # a token in the URL.
+            bearer = (b"Authorization", f"Bearer {token}".encode())
             cases = [(hub_url(config, "/other"), origin, 404),
+                     (hub_url(config, "/other"), [], 404),
                      (hub_url(config), [(b"Origin", b"http://evil.example")], 403),
-                     (hub_url(config), [], 403),
-                     (hub_url(config, f"/ws?token={token}"), origin, 400)]
+                     (hub_url(config), [(b"Origin", b"http://evil.example"), bearer], 403),
+                     (hub_url(config), [(b"Origin", b"null")], 403),
+                     (hub_url(config, f"/ws?token={token}"), origin, 400),
+                     (hub_url(config, f"/ws?token={token}"), [], 400)]
             for url, headers, status in cases:
                 with pytest.raises(ConnectionRejected) as rejected:
                     async with open_websocket_url(url, extra_headers=headers):
@@ -180,34 +185,48 @@ async def test_handshake_and_authentication_are_enforced(tmp_path: Path) -> None
                    ({"type": "ping", "id": 1}, "first message must be"),
                    ({"type": "auth", "token": "not-a-jwt"}, "signature or format"),
                    ({"type": "auth", "token": expired}, "expired")]
+            # Without an Origin (a script) the handshake passes, and authentication is the same.
             for first, why in bad:
-                code, reason = await refused(hub_url(config), origin, first)
-                assert code == 4401, (first, code, reason)
-                assert reason is not None and why in reason, reason
-            code, reason = await refused(
-                hub_url(config), [*origin, (b"Authorization", b"Bearer not-a-jwt")])
-            assert (code, reason) == (4401, "token signature or format is invalid")
+                for headers in (origin, []):
+                    code, reason = await refused(hub_url(config), headers, first)
+                    assert code == 4401, (first, headers, code, reason)
+                    assert reason is not None and why in reason, reason
+            for headers in (origin, []):
+                code, reason = await refused(
+                    hub_url(config), [*headers, (b"Authorization", b"Bearer not-a-jwt")])
+                assert (code, reason) == (4401, "token signature or format is invalid")
             with pytest.raises(HubClosed) as closed:
                 async with connect(config, expired, header_auth=True):
                     pass
             assert closed.value.code == 4401
+            assert not daemon.events("ws_connection_failed")
 
-            # Silence: closed once the 5 s to authenticate are up.
+            # Silence, with or without an Origin: closed once the 5 s to authenticate are up.
             started = trio.current_time()
-            code, reason = await refused(hub_url(config), origin)
-            assert code == 4401 and reason is not None and "within 5s" in reason
+            silent: list[tuple[int | None, str | None]] = []
+
+            async def stay_silent(headers: list[tuple[bytes, bytes]]) -> None:
+                silent.append(await refused(hub_url(config), headers))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stay_silent, origin)
+                nursery.start_soon(stay_silent, [])
+            for code, reason in silent:
+                assert code == 4401 and reason is not None and "within 5s" in reason
             assert 4.5 <= trio.current_time() - started < 10
 
-            # A good token, in the first message or the header.
+            # A good token, in the first message or the header, with or without an Origin.
             for header_auth in (False, True):
-                async with connect(config, token, header_auth=header_auth) as hub:
-                    welcome = hub.welcome
-                    assert (welcome["type"], welcome["extension"], welcome["role"],
-                            welcome["tenant"]) == ("connection_established", "1001", "user",
-                                                   "acme")
-                    assert welcome["expires_at"] == unverified_claims(token)["exp"]
-                    assert await hub_connections(config) == 1
-                    await hub.ping()
+                for sent_origin in (config.api_url, None):
+                    async with open_hub(hub_url(config), token, origin=sent_origin,
+                                        header_auth=header_auth) as hub:
+                        welcome = hub.welcome
+                        assert (welcome["type"], welcome["extension"], welcome["role"],
+                                welcome["tenant"]) == ("connection_established", "1001", "user",
+                                                       "acme")
+                        assert welcome["expires_at"] == unverified_claims(token)["exp"]
+                        assert await hub_connections(config) == 1
+                        await hub.ping()
             await daemon.wait_for_log("ws_authenticated", via="header")
             await daemon.wait_for_log("ws_closed", extension="1001")
             assert await hub_connections(config) == 0
@@ -406,6 +425,52 @@ async def test_bad_requests_are_answered_and_abuse_is_closed(tmp_path: Path) -> 
                 assert hub.close_code == 1008
                 assert hub.close_reason == "too many requests: at most 5/s, bursts of 10"
             await daemon.wait_for_log("ws_rate_limited")
+
+
+async def test_out_of_range_integers_are_answered_and_the_connection_stays(
+        tmp_path: Path) -> None:
+    """since_seq must be an integer 0 <= n < 2**53 (SQLite's 2**63 used to close with 1011)."""
+    alice = User("1001")
+    config = write_config(make_config(tmp_path, users=[alice]))
+    with trio.fail_after(TIMEOUT):
+        async with run_daemon(config.path) as daemon:
+            token = await token_of(config, alice)
+            await calls(config, tmp_path, hold_ms=200)
+            call_id = (await daemon.wait_for_log("call_ended"))["call_id"]
+            # A script: no Origin header, the token in the first message.
+            async with open_websocket_url(hub_url(config)) as ws:
+                await ws.send_message(json.dumps({"type": "auth", "token": token}))
+                assert json.loads(await ws.get_message())["type"] == "connection_established"
+
+                async def ask(request: dict[str, Any]) -> dict[str, Any]:
+                    await ws.send_message(json.dumps(request))
+                    return dict(json.loads(await ws.get_message()))
+
+                for n, since in enumerate((2**63, -1, 2**53, 1.5, "7", True, 2**64 + 1, 1e300)):
+                    reply = await ask({"type": "subscribe_call", "id": n, "call_id": call_id,
+                                       "since_seq": since})
+                    assert (reply["type"], reply["id"], reply["success"], reply["error"]) == (
+                        "reply", n, False, "bad_request"), (since, reply)
+                    assert reply["detail"] == "'since_seq' must be an integer from 0 to " \
+                        "9007199254740991", reply
+                for request_id in (2**63, -1, 2**53, 1.5, False):
+                    reply = await ask({"type": "ping", "id": request_id})
+                    assert (reply["id"], reply["error"]) == (None, "bad_request"), reply
+                    assert "'id' must be" in reply["detail"]
+                # The same connection still serves: the largest since_seq, then the whole call.
+                top = await ask({"type": "subscribe_call", "id": 2**53 - 1, "call_id": call_id,
+                                 "since_seq": 2**53 - 1})
+                assert (top["id"], top["success"], top["events"]) == (2**53 - 1, True, [])
+                whole = await ask({"type": "subscribe_call", "id": "all", "call_id": call_id,
+                                   "since_seq": 0})
+                assert whole["success"] is True, whole
+                assert_stream(whole["events"], 0)
+                assert whole["call"]["call_id"] == call_id
+                assert await ask({"type": "ping", "id": 0}) == {"type": "pong", "id": 0}
+                assert ws.closed is None
+            assert not daemon.events("ws_connection_failed")
+            closed = await daemon.wait_for_log("ws_closed", extension="1001")
+            assert (closed["by"], closed["code"]) == ("client", 1000)
 
 
 # -- resume -------------------------------------------------------------------------------

@@ -68,7 +68,11 @@ def origin(value: str) -> list[tuple[bytes, bytes]]:
     ("/api/ws", origin("http://127.0.0.1:8480"), 404, "path"),
     ("/ws?token=abc", origin("http://127.0.0.1:8480"), 400, "token_in_url"),
     ("/ws?x=1&Access_Token=abc", origin("http://127.0.0.1:8480"), 400, "token_in_url"),
-    ("/ws", [], 403, "origin"),
+    ("/ws", [], None, None),            # a script or integration: admitted, must authenticate
+    ("/ws", [(b"Authorization", b"Bearer t")], None, None),
+    ("/ws?token=abc", [], 400, "token_in_url"),
+    ("/other", [], 404, "path"),
+    ("/ws", origin(""), 403, "origin"),
     ("/ws", origin("null"), 403, "origin"),
     ("/ws", origin("http://evil.example"), 403, "origin"),
     ("/ws", origin("http://127.0.0.1:8481"), 403, "origin"),
@@ -134,6 +138,9 @@ def test_bearer_token(value: bytes, token: str | None) -> None:
     ('{"type":"subscribe_call","id":2,"call_id":"c","since_seq":null}', SubscribeCall(2, "c")),
     ('{"type":"subscribe_call","id":2,"call_id":"c","since_seq":7,"x":1}',
      SubscribeCall(2, "c", 7)),
+    ('{"type":"subscribe_call","id":0,"call_id":"c","since_seq":0}', SubscribeCall(0, "c", 0)),
+    ('{"type":"subscribe_call","id":9007199254740991,"call_id":"c",'
+     '"since_seq":9007199254740991}', SubscribeCall(2**53 - 1, "c", 2**53 - 1)),
     ('{"type":"unsubscribe_call","id":null,"call_id":"c"}', UnsubscribeCall(None, "c")),
 ])
 def test_parse_valid_messages(frame: str, message: object) -> None:
@@ -160,6 +167,23 @@ def test_parse_valid_messages(frame: str, message: object) -> None:
     ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":-1}', "bad_request", 4),
     ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":"3"}', "bad_request", 4),
     ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":true}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":false}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":1.5}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":7.0}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":1e400}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":NaN}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":9007199254740992}',
+     "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":9223372036854775808}',
+     "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":' + "9" * 5000 + "}",
+     "bad_request", None),                                  # beyond int() of a JSON number
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":[1]}', "bad_request", 4),
+    ('{"type":"subscribe_call","id":4,"call_id":"c","since_seq":{}}', "bad_request", 4),
+    ('{"type":"ping","id":-1}', "bad_request", None),
+    ('{"type":"ping","id":9007199254740992}', "bad_request", None),
+    ('{"type":"ping","id":9223372036854775808}', "bad_request", None),
+    ('{"type":"ping","id":[1]}', "bad_request", None),
     ('{"type":"unsubscribe_call","id":5}', "bad_request", 5),
 ])
 def test_parse_invalid_messages(frame: str | bytes, error: str, request_id: object) -> None:

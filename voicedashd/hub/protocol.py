@@ -19,6 +19,9 @@ AUTH_TIMEOUT = 5.0
 MAX_CLOSE_REASON = 123          # RFC 6455 §5.5: control payload 125 bytes, minus the code
 MAX_ID_LENGTH = 128
 MAX_CALL_ID_LENGTH = 128
+# Integers on the wire must be exact in JavaScript (Number.MAX_SAFE_INTEGER is 2**53 - 1) and
+# fit SQLite's 64-bit integers.
+MAX_INTEGER = 2**53 - 1
 
 # Close codes (docs/protocol.md, "Close codes").
 CLOSE_NORMAL = 1000
@@ -64,6 +67,12 @@ def header(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
     return None
 
 
+def header_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str]:
+    """Return every value of a header (case-insensitive name), in order, decoded as Latin-1."""
+    wanted = name.lower().encode()
+    return [value.decode("latin-1").strip() for key, value in headers if key.lower() == wanted]
+
+
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Return the token of an `Authorization: Bearer` header, if there is one."""
     scheme, _, token = (header(headers, "authorization") or "").partition(" ")
@@ -85,7 +94,12 @@ def allowed_origins(config: Config) -> frozenset[str]:
 
 def check_handshake(target: str, headers: Iterable[tuple[bytes, bytes]],
                     origins: frozenset[str]) -> HandshakeRejection | None:
-    """Return why a handshake must be refused (path, token in the URL, Origin), or None."""
+    """Return why a handshake must be refused (path, token in the URL, Origin), or None.
+
+    A handshake without `Origin` is let through: browsers always send one, so it comes from a
+    script or an integration, which cross-site WebSocket hijacking cannot use and which still
+    has to authenticate. A present Origin must be one of `origins`.
+    """
     parts = urlsplit(target)
     if parts.path != RESOURCE:
         return HandshakeRejection(404, "path", f"no WebSocket at {parts.path!r}; connect to "
@@ -96,8 +110,7 @@ def check_handshake(target: str, headers: Iterable[tuple[bytes, bytes]],
                                   '{"type":"auth","token":...} first or an Authorization header')
     origin = header(headers, "origin")
     if origin is None:
-        return HandshakeRejection(403, "origin", "an Origin header is required; send the "
-                                  "dashboard's origin")
+        return None
     try:
         normalized = normalize_origin(origin)
     except ValueError:
@@ -191,18 +204,25 @@ def parse_message(raw: str | bytes) -> ClientMessage:
     since = body.get("since_seq")
     if since is None:
         since = 0
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ProtocolError(BAD_REQUEST, "since_seq must be a non-negative integer",
-                            request_id)
+    if not wire_integer(since):
+        raise ProtocolError(BAD_REQUEST, f"'since_seq' must be an integer from 0 to "
+                            f"{MAX_INTEGER}", request_id)
     return SubscribeCall(request_id, call_id, since)
+
+
+def wire_integer(value: object) -> bool:
+    """Whether a JSON value is an integer of the protocol: 0 to 2**53 - 1, not a bool or float."""
+    return type(value) is int and 0 <= value <= MAX_INTEGER
 
 
 def _request_id(body: Mapping[str, Any]) -> RequestId:
     value = body.get("id")
-    if isinstance(value, bool) or not isinstance(value, int | str | None):
-        raise ProtocolError(BAD_REQUEST, "'id' must be a string or an integer")
-    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
-        raise ProtocolError(BAD_REQUEST, f"'id' must be at most {MAX_ID_LENGTH} characters")
+    if isinstance(value, str):
+        if len(value) > MAX_ID_LENGTH:
+            raise ProtocolError(BAD_REQUEST, f"'id' must be at most {MAX_ID_LENGTH} characters")
+    elif value is not None and not wire_integer(value):
+        raise ProtocolError(BAD_REQUEST, f"'id' must be a string or an integer from 0 to "
+                            f"{MAX_INTEGER}")
     return value
 
 
