@@ -3,12 +3,15 @@
 Access tokens are short-lived HS256 JWTs signed with the configured secret. Each carries the
 `fam` (family) of the refresh token it was issued with, so revoking a family (logout, reuse of a
 rotated refresh token) also kills its access tokens. Refresh tokens are opaque random strings,
-stored only as SHA-256 digests, and rotated on every use.
+stored only as SHA-256 digests, and rotated on every use. An access token never outlives the
+refresh token issued with it, so a family's revocation is kept until its last refresh token
+has expired: whatever auth.access_token_ttl is changed to later, no revoked token comes back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import math
@@ -17,7 +20,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -36,6 +39,9 @@ ACCESS_TYPE = "access"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti", "typ", "tenant", "role", "fam",
                    "cred")
 LEEWAY = 10.0
+# How long a revocation is kept past the last expiry of the tokens it covers: PyJWT accepts a
+# token until exp + LEEWAY, and exp is rounded up to at least a second after iat.
+REVOCATION_MARGIN = 2 * LEEWAY
 Clock = Callable[[], float]
 
 
@@ -119,9 +125,14 @@ def credential_fingerprint(secret: bytes, password_hash: str) -> str:
     return hmac.new(secret, password_hash.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def access_token_lifetime(auth: AuthConfig) -> int:
+    """Seconds an access token lasts: auth.access_token_ttl, never beyond its refresh token."""
+    return max(1, int(min(auth.access_token_ttl, auth.refresh_token_ttl)))
+
+
 def encode_access_token(config: Config, user: UserConfig, family: str, now: float,
                         jti: str) -> str:
-    """Sign an access token for a user, valid from now for auth.access_token_ttl."""
+    """Sign an access token for a user, valid from now for access_token_lifetime()."""
     auth = config.auth
     issued = int(now)
     claims = {
@@ -131,7 +142,7 @@ def encode_access_token(config: Config, user: UserConfig, family: str, now: floa
         "tenant": user.tenant,
         "role": user.role,
         "iat": issued,
-        "exp": issued + max(1, int(auth.access_token_ttl)),
+        "exp": issued + access_token_lifetime(auth),
         "jti": jti,
         "typ": ACCESS_TYPE,
         "fam": family,
@@ -360,23 +371,37 @@ class LoginAttempt:
 # -- revoked families ---------------------------------------------------------------------
 
 
-@dataclass
 class RevokedFamilies:
-    """Families revoked recently enough that access tokens issued in them may still be live."""
+    """Revoked families, each kept until every access token issued in it has expired.
 
-    revoked: dict[str, float] = field(default_factory=dict)
+    A revocation carries the time its family's tokens live until (the expiry of the family's
+    last refresh token), not the time it was made, so how long it is kept does not depend on
+    the access-token lifetime in force when it is pruned.
+    """
 
-    def add(self, family: str, revoked_at: float) -> None:
-        """Remember a revoked family."""
-        self.revoked.setdefault(family, revoked_at)
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []      # a heap; stale entries are skipped
+
+    def add(self, family: str, covers_until: float) -> None:
+        """Remember a revoked family whose tokens live until covers_until at the latest."""
+        if covers_until <= self._until.get(family, float("-inf")):
+            return
+        self._until[family] = covers_until
+        heapq.heappush(self._expiry, (covers_until, family))
 
     def __contains__(self, family: str) -> bool:
-        return family in self.revoked
+        return family in self._until
+
+    def __len__(self) -> int:
+        return len(self._until)
 
     def prune(self, before: float) -> None:
-        """Forget families revoked before this time (their access tokens have expired)."""
-        for family in [f for f, at in self.revoked.items() if at < before]:
-            del self.revoked[family]
+        """Forget families whose tokens all expired before this time."""
+        while self._expiry and self._expiry[0][0] < before:
+            until, family = heapq.heappop(self._expiry)
+            if self._until.get(family) == until:
+                del self._until[family]
 
 
 # -- the authenticator --------------------------------------------------------------------
@@ -395,7 +420,7 @@ def _pair(config: Config, user: UserConfig, family: str, refresh_token: str,
     return TokenPair(
         access_token=encode_access_token(config, user, family, now, jti),
         refresh_token=refresh_token,
-        expires_in=max(1, int(config.auth.access_token_ttl)),
+        expires_in=access_token_lifetime(config.auth),
         user=AuthUser(extension=user.extension, tenant=user.tenant, role=user.role, jti=jti,
                       family=family),
     )
@@ -475,7 +500,7 @@ class Authenticator:
                                            now, now + config.auth.refresh_token_ttl)
         record = result.record
         if result.outcome is RotateOutcome.REUSED and record is not None:
-            self._revoked.add(record.family, now)
+            self._revoked.add(record.family, result.family_expires_at or now)
             raise RefreshTokenReused(record.family, record.tenant, record.extension)
         if result.outcome is not RotateOutcome.ROTATED or record is None:
             raise InvalidToken(_REFRESH_PROBLEMS.get(result.outcome, "invalid refresh token"))
@@ -537,7 +562,9 @@ class Authenticator:
                             credential=credential_fingerprint(config.jwt_secret,
                                                               user.password_hash),
                             issued_at=now, expires_at=now + config.auth.refresh_token_ttl),
-            prune_before=now - config.auth.access_token_ttl - LEEWAY)
+            # Rows are the revocations' record: each goes only once its own tokens (the access
+            # token issued with it expires no later) are past any leeway.
+            prune_before=now - config.auth.access_token_ttl - REVOCATION_MARGIN)
         return _pair(config, user, family, refresh_token, now)
 
     @staticmethod
@@ -554,17 +581,18 @@ class Authenticator:
 
     async def _revoke(self, family: str) -> None:
         now = self._clock()
-        self._revoked.add(family, now)
-        await self._tokens.revoke_family(family, now)
+        self._revoked.add(family, now)          # at once: the store is written in a thread
+        covers_until = await self._tokens.revoke_family(family, now)
+        self._revoked.add(family, covers_until if covers_until is not None else now)
 
     async def _load_revoked(self) -> None:
-        """Load recently revoked families once, so revocations survive a restart."""
+        """Load revoked families once, so revocations survive a restart."""
         now = self._clock()
-        window = self._live.current.auth.access_token_ttl + 2 * LEEWAY
         if not self._revoked_loaded:
             async with self._load_lock:
                 if not self._revoked_loaded:
-                    for family, at in (await self._tokens.revoked_families(now - window)).items():
-                        self._revoked.add(family, at)
+                    revoked = await self._tokens.revoked_families(now - REVOCATION_MARGIN)
+                    for family, covers_until in revoked.items():
+                        self._revoked.add(family, covers_until)
                     self._revoked_loaded = True
-        self._revoked.prune(now - window)
+        self._revoked.prune(now - REVOCATION_MARGIN)

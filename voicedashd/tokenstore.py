@@ -1,4 +1,8 @@
-"""Refresh tokens in SQLite: stored as SHA-256 digests, grouped in families, rotated once."""
+"""Refresh tokens in SQLite: stored as SHA-256 digests, grouped in families, rotated once.
+
+The rows are also the record of revoked families: a family's revocation lasts as long as its
+latest `expires_at`, the bound the access tokens issued in it never outlive.
+"""
 
 from __future__ import annotations
 
@@ -56,10 +60,14 @@ class RotateOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class RotateResult:
-    """The outcome of a rotation and the presented token's record, when there was one."""
+    """The outcome of a rotation and the presented token's record, when there was one.
+
+    For REUSED, family_expires_at is when the now revoked family's last token expires.
+    """
 
     outcome: RotateOutcome
     record: RefreshRecord | None = None
+    family_expires_at: float | None = None
 
 
 def _record(row: sqlite3.Row) -> RefreshRecord:
@@ -77,10 +85,13 @@ def _insert(conn: sqlite3.Connection, new: NewRefreshToken) -> None:
          new.expires_at))
 
 
-def _revoke(conn: sqlite3.Connection, family: str, now: float) -> int:
-    return conn.execute(
+def _revoke(conn: sqlite3.Connection, family: str, now: float) -> float | None:
+    """Revoke a family; return its latest expiry (None when none of its rows is left)."""
+    conn.execute(
         "UPDATE refresh_tokens SET revoked_at = ? WHERE family = ? AND revoked_at IS NULL",
-        (now, family)).rowcount
+        (now, family))
+    return conn.execute("SELECT MAX(expires_at) FROM refresh_tokens WHERE family = ?",
+                        (family,)).fetchone()[0]
 
 
 class RefreshTokenStore:
@@ -118,8 +129,8 @@ class RefreshTokenStore:
                 if record.revoked_at is not None:
                     return RotateResult(RotateOutcome.REVOKED, record)
                 if record.rotated_at is not None:
-                    _revoke(conn, record.family, now)
-                    return RotateResult(RotateOutcome.REUSED, record)
+                    until = _revoke(conn, record.family, now)
+                    return RotateResult(RotateOutcome.REUSED, record, until)
                 if record.expires_at <= now:
                     return RotateResult(RotateOutcome.EXPIRED, record)
                 conn.execute("UPDATE refresh_tokens SET rotated_at = ? WHERE token_hash = ?",
@@ -141,22 +152,23 @@ class RefreshTokenStore:
 
         return await self._store.run(_lookup)
 
-    async def revoke_family(self, family: str, now: float) -> int:
-        """Revoke every token of a family; return how many were still unrevoked."""
-        def _revoke_family(conn: sqlite3.Connection) -> int:
+    async def revoke_family(self, family: str, now: float) -> float | None:
+        """Revoke every token of a family; return when its last one expires (None: no rows)."""
+        def _revoke_family(conn: sqlite3.Connection) -> float | None:
             with conn:
                 conn.execute("BEGIN")
                 return _revoke(conn, family, now)
 
         return await self._store.run(_revoke_family)
 
-    async def revoked_families(self, since: float) -> dict[str, float]:
-        """Return families revoked at or after since, with when each was revoked."""
+    async def revoked_families(self, expiring_after: float) -> dict[str, float]:
+        """Return each revoked family whose last token expires at or after a time, and when."""
         def _families(conn: sqlite3.Connection) -> dict[str, float]:
             rows = conn.execute(
-                "SELECT family, MIN(revoked_at) AS revoked_at FROM refresh_tokens"
-                " WHERE revoked_at >= ? GROUP BY family", (since,)).fetchall()
-            return {row["family"]: row["revoked_at"] for row in rows}
+                "SELECT family, MAX(expires_at) AS until FROM refresh_tokens"
+                " WHERE revoked_at IS NOT NULL GROUP BY family HAVING until >= ?",
+                (expiring_after,)).fetchall()
+            return {row["family"]: row["until"] for row in rows}
 
         return await self._store.run(_families)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from tests.forge import attack_table
+from tests.forge import attack_table, unverified_claims
 from tests.harness import DaemonConfig, User, make_config, run_daemon
+from voicedashd.hub.client import HubClosed, open_hub
 
 TIMEOUT = 30
 
@@ -245,3 +248,72 @@ async def test_login_throttling(tmp_path: Path) -> None:
             logged = await daemon.wait_for_log("login_throttled")
             assert (logged["extension"], logged["client"]) == ("1001", "127.0.0.1")
             assert "guess-guess" not in json.dumps(daemon.logs)
+
+
+async def assert_revoked(config: DaemonConfig, http: httpx.AsyncClient, token: str,
+                         hub: bool = False) -> None:
+    """The REST API answers 401 "revoked" (not "expired") and, if asked, the hub closes 4401."""
+    answer = await me(http, token)
+    assert_invalid_token(answer)
+    assert "revoked" in answer.json()["detail"], answer.text
+    if hub:
+        with pytest.raises(HubClosed) as closed:
+            async with open_hub(f"ws://127.0.0.1:{config.hub_port}/ws", token,
+                                origin=config.api_url):
+                pass
+        assert closed.value.code == 4401
+        assert closed.value.reason is not None and "revoked" in closed.value.reason
+
+
+async def test_revoked_tokens_stay_refused_after_the_access_ttl_is_lowered(
+        tmp_path: Path) -> None:
+    """Revocations last until the tokens they cover expire, whatever auth.access_token_ttl
+    becomes. Kept for the new 1 s lifetime (plus leeway) they would be forgotten after ~21 s."""
+    alice = User("1001")
+    config = make_config(tmp_path, users=[alice])
+    config.write()
+    with trio.fail_after(90):
+        async with run_daemon(config.path) as daemon, httpx.AsyncClient(
+                base_url=config.api_url) as http:
+            logged_out = (await login(http, alice)).json()
+            stolen = (await login(http, alice)).json()
+            kept = (await login(http, alice)).json()
+            assert (await http.post("/api/auth/logout", headers={
+                "Authorization": f"Bearer {logged_out['access_token']}"})).status_code == 204
+            rotated = (await http.post("/api/auth/refresh", json={
+                "refresh_token": stolen["refresh_token"]})).json()
+            assert_invalid_token(await http.post("/api/auth/refresh", json={
+                "refresh_token": stolen["refresh_token"]}))           # reuse: family revoked
+            revoked_at = time.time()
+            revoked = [logged_out["access_token"], stolen["access_token"],
+                       rotated["access_token"]]
+            own_exp = min(unverified_claims(token)["exp"] for token in revoked)
+            assert own_exp >= revoked_at + 14 * 60                    # issued for 15 minutes
+
+            config.path.write_text(config.render().replace(
+                "[auth]\n", '[auth]\naccess_token_ttl = "1s"\n', 1))
+            mark = len(daemon.logs)
+            daemon.send_signal(signal.SIGHUP)
+            reloaded = await daemon.wait_for_log("config_reloaded", start=mark)
+            assert reloaded["applied"] == ["auth.access_token_ttl"]
+            short = (await login(http, alice)).json()
+            assert short["expires_in"] == 1
+
+            # Probe every few seconds until well past the new lifetime plus both leeways.
+            deadline = trio.current_time() + (revoked_at + 25 - time.time())
+            while True:
+                for token in revoked:
+                    await assert_revoked(config, http, token)
+                if trio.current_time() >= deadline:
+                    break
+                await trio.sleep_until(min(deadline, trio.current_time() + 4))
+            assert time.time() < own_exp            # still within their own lifetime
+            for token in revoked:
+                await assert_revoked(config, http, token, hub=True)
+            assert (await me(http, kept["access_token"])).status_code == 200
+
+        # A restart with the 1 s lifetime reads the revocations back from the store.
+        async with run_daemon(config.path), httpx.AsyncClient(base_url=config.api_url) as http:
+            for token in revoked:
+                await assert_revoked(config, http, token, hub=True)
+            assert (await me(http, kept["access_token"])).status_code == 200

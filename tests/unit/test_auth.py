@@ -22,6 +22,7 @@ from voicedashd.auth import (
     LoginThrottle,
     LoginThrottled,
     RefreshTokenReused,
+    RevokedFamilies,
     ThrottlePolicy,
     TokenPair,
     client_key,
@@ -52,10 +53,11 @@ class FakeClock:
         self.now += seconds
 
 
-def config_text(users: dict[tuple[str, str], str], roles: dict[str, str] | None = None) -> str:
+def config_text(users: dict[tuple[str, str], str], roles: dict[str, str] | None = None,
+                auth: str = "") -> str:
     lines = ['[sip]', 'listen = "127.0.0.1:5060"', '[api]', 'listen = "127.0.0.1:8080"',
              '[hub]', 'listen = "127.0.0.1:8081"', '[store]', 'path = "db.sqlite3"',
-             '[[tenants]]', 'name = "acme"', '[[tenants]]', 'name = "globex"']
+             '[auth]', auth, '[[tenants]]', 'name = "acme"', '[[tenants]]', 'name = "globex"']
     for (tenant, extension), password in users.items():
         role = (roles or {}).get(extension, "user")
         lines += ['[[users]]', f'extension = "{extension}"', f'tenant = "{tenant}"',
@@ -65,8 +67,8 @@ def config_text(users: dict[tuple[str, str], str], roles: dict[str, str] | None 
 
 
 def make_config(tmp_path: Path, users: dict[tuple[str, str], str] | None = None,
-                roles: dict[str, str] | None = None) -> Config:
-    return parse_config(config_text(PASSWORDS if users is None else users, roles),
+                roles: dict[str, str] | None = None, auth: str = "") -> Config:
+    return parse_config(config_text(PASSWORDS if users is None else users, roles, auth),
                         path=tmp_path / "voicedashd.toml",
                         environ={"VOICEDASHD_JWT_SECRET": SECRET})
 
@@ -326,6 +328,61 @@ async def test_logout_revokes_the_session_and_the_given_refresh_token(env: Env) 
     await env.auth.logout(await env.auth.verify_access(three.access_token),
                           stranger.refresh_token)
     await env.auth.refresh(stranger.refresh_token)
+
+
+async def test_a_lower_access_ttl_does_not_bring_revoked_tokens_back(env: Env) -> None:
+    logged_out, reused = await login(env.auth), await login(env.auth, "1002")
+    await env.auth.logout(await env.auth.verify_access(logged_out.access_token))
+    await env.auth.refresh(reused.refresh_token)
+    with pytest.raises(RefreshTokenReused):
+        await env.auth.refresh(reused.refresh_token)
+    # A reload makes access tokens last a second; the revoked ones were issued for 15 minutes.
+    # Revocations kept for the new lifetime (plus leeway) would be forgotten within a minute.
+    env.live.replace(make_config(env.tmp_path, auth='access_token_ttl = "1s"'))
+    for _ in range(3):
+        env.clock.advance(60)
+        for auth in (env.auth, env.restart()):
+            for pair in (logged_out, reused):
+                with pytest.raises(InvalidToken, match="revoked"):
+                    await auth.verify_access(pair.access_token)
+    # New tokens last the new lifetime; a session that was not revoked is unaffected.
+    fresh = await login(env.auth)
+    claims = unverified_claims(fresh.access_token)
+    assert (claims["exp"] - claims["iat"], fresh.expires_in) == (1, 1)
+
+
+async def test_access_tokens_never_outlive_their_refresh_token(env: Env) -> None:
+    env.live.replace(make_config(env.tmp_path, auth='access_token_ttl = "2h"\n'
+                                                    'refresh_token_ttl = "30m"'))
+    pair = await login(env.auth)
+    claims = unverified_claims(pair.access_token)
+    assert (claims["exp"] - claims["iat"], pair.expires_in) == (1800, 1800)
+    (row,) = await _rows(env.store)
+    assert claims["exp"] <= row["expires_at"]
+
+
+async def test_a_revocation_lasts_until_its_family_last_expires(env: Env) -> None:
+    pair = await login(env.auth)
+    env.clock.advance(600)
+    pair = await env.auth.refresh(pair.refresh_token)       # the family now lasts 8 h from here
+    await env.auth.logout(pair.user)
+    revoked = await env.auth._tokens.revoked_families(env.clock.now)
+    assert revoked == {pair.user.family: pytest.approx(env.clock.now + 8 * 3600)}
+    assert await env.auth._tokens.revoked_families(env.clock.now + 8 * 3600 + 1) == {}
+
+
+def test_revoked_families_are_forgotten_once_their_tokens_expired() -> None:
+    revoked = RevokedFamilies()
+    revoked.add("a", 100.0)
+    revoked.add("b", 50.0)
+    revoked.add("a", 80.0)          # an earlier bound never shortens a revocation
+    revoked.add("b", 120.0)
+    revoked.prune(99.0)
+    assert ("a" in revoked, "b" in revoked, len(revoked)) == (True, True, 2)
+    revoked.prune(101.0)
+    assert ("a" in revoked, "b" in revoked, len(revoked)) == (False, True, 1)
+    revoked.prune(121.0)
+    assert len(revoked) == 0
 
 
 # -- throttling --------------------------------------------------------------------------
