@@ -173,12 +173,26 @@ class ApiConfig(_Section):
     cors_origins: tuple[str, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
         return self
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ValueError('expected a list of CIDRs such as ["10.0.0.5/32"]')
+        nets = []
+        for item in value:
+            try:
+                nets.append(ipaddress.ip_network(str(item), strict=False))
+            except ValueError:
+                raise ValueError(f"not a CIDR: {item!r}") from None
+        return tuple(nets)
 
 
 def normalize_origin(value: str) -> str:
@@ -668,6 +682,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "api.cors_origins": _LIVE,
     "api.tls_cert": _RESTART,
     "api.tls_key": _RESTART,
+    "api.trusted_proxies": _LIVE,
     "hub.listen": _RESTART,
     "hub.origins": _LIVE,
     "hub.max_subscriptions": _LIVE,

@@ -17,6 +17,7 @@ from quart_schema import (
 )
 
 from ..auth import InvalidCredentials, InvalidToken, LoginThrottled, RefreshTokenReused, TokenPair
+from .client import client_fields
 from .deps import deps
 from .security import AuthUser, requires_user
 
@@ -105,22 +106,23 @@ async def _no_store(response: Response) -> Response:
 @document_response(ErrorResponse, 429)
 async def login(data: LoginRequest) -> object:
     """Log in with extension and password; answers 429 with Retry-After when throttled."""
-    client = request.remote_addr
+    who = client_fields()
     try:
-        pair = await deps().auth.login(data.extension, data.password, data.tenant, client)
+        pair = await deps().auth.login(data.extension, data.password, data.tenant,
+                                       who["client"])
     except LoginThrottled as exc:
         log.warning("login_throttled", extension=data.extension, tenant=data.tenant,
-                    client=client, retry_after=exc.retry_after_header)
+                    retry_after=exc.retry_after_header, **who)
         return ({"error": "too_many_attempts",
                  "detail": f"too many failed logins; try again in {exc.retry_after_header} s"},
                 429, {"Retry-After": exc.retry_after_header})
     except InvalidCredentials as exc:
-        log.warning("login_failed", extension=data.extension, tenant=data.tenant, client=client,
-                    reason=exc.reason)
+        log.warning("login_failed", extension=data.extension, tenant=data.tenant,
+                    reason=exc.reason, **who)
         return {"error": "invalid_credentials",
                 "detail": "unknown extension or wrong password"}, 401
     log.info("login_succeeded", extension=pair.user.extension, tenant=pair.user.tenant,
-             role=pair.user.role, client=client, family=pair.user.family)
+             role=pair.user.role, family=pair.user.family, **who)
     return _tokens(pair)
 
 
@@ -130,18 +132,18 @@ async def login(data: LoginRequest) -> object:
 @document_response(ErrorResponse, 401)
 async def refresh(data: RefreshRequest) -> object:
     """Exchange a refresh token for a new pair; the presented one stops working."""
-    client = request.remote_addr
+    who = client_fields()
     try:
         pair = await deps().auth.refresh(data.refresh_token)
     except RefreshTokenReused as exc:
         log.warning("refresh_token_reuse_detected", extension=exc.extension, tenant=exc.tenant,
-                    family=exc.family, client=client)
+                    family=exc.family, **who)
         return _invalid_token(exc.detail)
     except InvalidToken as exc:
-        log.info("token_refresh_failed", reason=exc.detail, client=client)
+        log.info("token_refresh_failed", reason=exc.detail, **who)
         return _invalid_token(exc.detail)
     log.info("token_refreshed", extension=pair.user.extension, tenant=pair.user.tenant,
-             family=pair.user.family, client=client)
+             family=pair.user.family, **who)
     return _tokens(pair)
 
 
@@ -160,7 +162,7 @@ async def logout(user: AuthUser) -> Response:
             raise RequestSchemaValidationError(exc) from None
     await deps().auth.logout(user, refresh_token)
     log.info("logged_out", extension=user.extension, tenant=user.tenant, family=user.family,
-             client=request.remote_addr)
+             **client_fields())
     return "", 204
 
 

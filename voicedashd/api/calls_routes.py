@@ -21,6 +21,7 @@ from ..calls import Call
 from ..callstore import HistoryCursor, TranscriptEntry
 from ..events import CallInfo, CallPhase, CallSummary
 from .auth_routes import ErrorResponse
+from .client import client_fields
 from .deps import deps
 from .security import AuthUser, requires_user
 
@@ -163,7 +164,7 @@ async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None
         info = summary.info
     if not may_see(user, info):
         log.warning("call_transcript_forbidden", call_id=call_id, extension=user.extension,
-                    tenant=user.tenant)
+                    tenant=user.tenant, **client_fields())
         return None
     return info, live is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import structlog
@@ -13,11 +14,18 @@ from trio_websocket import ConnectionClosed, Endpoint, WebSocketRequest, WebSock
 from ..auth import Authenticator
 from ..bus import EventBus
 from ..errors import ListenerError
+from ..forwarded import Network, client_address, parse_address
 from ..livecfg import LiveConfig
 from ..metrics import Metrics
 from ..store import Store
 from .connection import HubDeps, Session, WireCache
-from .protocol import CLOSE_TOO_BIG, allowed_origins, bearer_token, check_handshake
+from .protocol import (
+    CLOSE_TOO_BIG,
+    allowed_origins,
+    bearer_token,
+    check_handshake,
+    header_values,
+)
 from .router import Router
 
 log = structlog.get_logger(__name__)
@@ -37,12 +45,13 @@ class Hub:
     async def handle(self, request: WebSocketRequest) -> None:
         """Check a handshake (path, token-free URL, Origin); serve the connection if it passes."""
         live = self._deps.live.current
-        remote = _address(request.remote)
         headers = request.headers
+        where = _where(request.remote, headers, live.api.trusted_proxies)
+        remote = where["remote"]
         rejection = check_handshake(request.path, headers, allowed_origins(live))
         if rejection is not None:
-            log.info("ws_rejected", remote=remote, status=rejection.status,
-                     reason=rejection.reason, path=urlsplit(request.path).path[:100])
+            log.info("ws_rejected", status=rejection.status, reason=rejection.reason,
+                     path=urlsplit(request.path).path[:100], **where)
             with contextlib.suppress(ConnectionClosed):     # the peer may be gone already
                 await request.reject(rejection.status, body=(rejection.detail + "\n").encode())
             return
@@ -52,7 +61,7 @@ class Hub:
             return
         metrics = self._deps.metrics
         metrics.hub_connections.inc()
-        log.info("ws_connected", remote=remote)
+        log.info("ws_connected", **where)
         started = trio.current_time()
         session = Session(ws, self._deps, self.router, self._wire, bearer_token(headers),
                           remote)
@@ -64,17 +73,24 @@ class Hub:
             peer = ws.closed
             user = session.user
             by_server = close is not None or (peer is not None and peer.code == CLOSE_TOO_BIG)
-            log.info("ws_closed", remote=remote, by="server" if by_server else "client",
+            log.info("ws_closed", **where, by="server" if by_server else "client",
                      code=close.code if close is not None else (peer.code if peer else None),
                      reason=close.reason if close is not None else (peer.reason if peer else None),
                      seconds=round(trio.current_time() - started, 3),
                      **({"extension": user.extension, "tenant": user.tenant} if user else {}))
 
 
-def _address(endpoint: Endpoint | str) -> str:
-    if isinstance(endpoint, Endpoint):
-        return f"{endpoint.address}:{endpoint.port}"
-    return endpoint
+def _where(endpoint: Endpoint | str, headers: list[tuple[bytes, bytes]],
+           trusted: Sequence[Network]) -> dict[str, str]:
+    """Log fields for a connection: the client (behind api.trusted_proxies) and its proxy."""
+    if not isinstance(endpoint, Endpoint):
+        return {"remote": endpoint}
+    peer = str(endpoint.address)
+    shown = f"[{peer}]:{endpoint.port}" if ":" in peer else f"{peer}:{endpoint.port}"
+    client = client_address(peer, header_values(headers, "x-forwarded-for"), trusted)
+    if client == str(parse_address(peer) or peer):
+        return {"remote": shown}
+    return {"remote": client, "proxy": shown}
 
 
 async def serve_hub(live: LiveConfig, bus: EventBus, authenticator: Authenticator,
