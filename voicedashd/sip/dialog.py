@@ -134,6 +134,12 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
         cseq, _ = cseq_of(headers)
     except InvalidHeader as exc:
         raise InvalidInvite(400, "Bad Request - unusable From/To/Contact") from exc
+    route_set = tuple(header_values(headers, "Record-Route"))
+    try:
+        for route in route_set:  # read now: our BYE follows them, long after the INVITE
+            parse_name_addr(route)
+    except InvalidHeader as exc:
+        raise InvalidInvite(400, f"Bad Request - unusable Record-Route: {exc}") from exc
     return Invite(
         request=request,
         call_id=headers.get("Call-ID") or "",
@@ -147,7 +153,7 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
         callee_extension=callee_extension(request) or "",
         domain=request_domain(request),
         remote_target=contact.uri if contact else remote.uri,
-        route_set=tuple(header_values(headers, "Record-Route")),
+        route_set=route_set,
         offer=offer,
         transport=transport,
     )
