@@ -241,3 +241,34 @@ async def test_sdp_naming_a_host_gets_488_initially_and_in_a_reinvite(
         assert ended["reason"] == "caller_hangup"
         assert len(running.events("call_ringing")) == 1
         assert len(running.events("call_media_updated")) == 1
+
+
+async def test_over_tcp_the_answer_comes_back_on_the_connection(
+        daemon: tuple[int, RunningDaemon]) -> None:
+    port, running = daemon
+    with socket.socket() as stranger:  # a TCP listener where the forged Via points
+        stranger.setblocking(False)
+        stranger.bind((STRANGER_HOST, 0))
+        stranger.listen(4)
+        other = stranger.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            real = stream.socket.getsockname()[1]
+            via = (f"SIP/2.0/TCP {STRANGER_HOST}:{other};branch=z9hG4bK{secrets.token_hex(6)}"
+                   f";received={STRANGER_HOST};rport={other}")
+            options = (f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: {via}\r\n"
+                       f"From: <sip:monitor@127.0.0.1>;tag=t1\r\nTo: <sip:127.0.0.1:{port}>\r\n"
+                       f"Call-ID: {secrets.token_hex(8)}\r\nCSeq: 1 OPTIONS\r\n"
+                       "Content-Length: 0\r\n\r\n")
+            await stream.send_all(options.encode())
+            received = b""
+            with trio.fail_after(2):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive_some(65535)
+        response = received.decode()
+        assert response.startswith("SIP/2.0 200 OK"), response
+        stamped = top_via(Headers([("Via", header(response, "Via") or "")]))
+        assert (stamped.received, stamped.params["rport"]) == ("127.0.0.1", str(real))
+        with pytest.raises(BlockingIOError):  # nobody ever connected to the stranger
+            stranger.accept()
+    assert not running.events("sip_send_failed")
