@@ -51,6 +51,7 @@ from .sip.endpoint import ServerTx
 from .sip.fields import new_tag, tag_of
 from .sip.message import Request, Response
 from .sip.parser import make_response
+from .sip.resolve import NextHopUnresolved
 from .sip.transaction import Action as TransactionAction
 from .sip.transaction import PassToCore
 from .sip.transport import Peer
@@ -78,7 +79,7 @@ class Requests(Protocol):
     """What the calls need to send their own requests (our BYE): a `SipClient`."""
 
     async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
-        """Where a request to uri goes."""
+        """Where a request to uri goes; NextHopUnresolved if its name is not resolved in time."""
         ...
 
     async def send_request(self, request: Request, destination: Peer, *,
@@ -228,7 +229,8 @@ class CallManager:
         try:
             invite = parse_invite(request, transport=peer.transport)
         except InvalidInvite as exc:
-            tx.respond(make_response(request, exc.status, exc.reason, to_tag=new_tag()))
+            tx.respond(make_response(request, exc.status, exc.reason, to_tag=new_tag(),
+                                     headers=exc.headers))
             return
         # The INVITE transaction (RFC 6026) already resends the 2xx and absorbs copies.
         dialog = Dialog(invite, contact=self._contact(peer), user_agent=config.sip.user_agent,
@@ -401,7 +403,11 @@ class CallManager:
     async def _send_bye(self, call: Call, bye: SendRequest) -> None:
         """Send our BYE and wait briefly for its answer; a crossing BYE finds the dialog."""
         try:
-            destination = await self._sip.resolve(bye.next_hop, call.peer)
+            try:
+                destination = await self._sip.resolve(bye.next_hop, call.peer)
+            except NextHopUnresolved as exc:
+                log.warning("sip_bye_abandoned", call_id=call.id, reason=str(exc))
+                return
             with trio.move_on_after(BYE_WAIT):
                 response = await self._sip.send_request(bye.request, destination,
                                                          nursery=self._nursery)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -22,6 +23,7 @@ from voicedashd.metrics import Metrics
 from voicedashd.sip.fields import tag_of
 from voicedashd.sip.message import Request, Response
 from voicedashd.sip.parser import parse_message
+from voicedashd.sip.resolve import NextHopUnresolved
 from voicedashd.sip.transport import Peer
 
 SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -107,8 +109,11 @@ class FakeSip:
 
     byes: list[tuple[Request, Peer]] = field(default_factory=list)
     hold: trio.Event | None = None
+    unresolvable: bool = False  # the next hop's name times out
 
     async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
+        if self.unresolvable:
+            raise NextHopUnresolved("'pbx.example' not resolved within 2s")
         return dialog_peer
 
     async def send_request(self, request: Request, destination: Peer, *,
@@ -207,6 +212,20 @@ async def test_a_bye_crossing_ours_gets_200_while_ours_is_in_flight(
     await trio.sleep(1.0)
     assert world.send("BYE", to_tag=local_tag, cseq=3).statuses == [481]
     assert world.bus.ended() == [EndReason.ACK_TIMEOUT]
+
+
+async def test_a_bye_whose_next_hop_does_not_resolve_is_abandoned_and_the_call_ends(
+        world: World, autojump_clock: trio.testing.MockClock) -> None:
+    world.sip.unresolvable = True
+    with structlog.testing.capture_logs() as logs:
+        world.invite()
+        await trio.sleep(33.0)  # no ACK: the BYE is due, its next hop never resolves
+        with trio.fail_after(1):
+            await world.manager.stop()  # nothing is left in flight
+    assert world.bus.ended() == [EndReason.ACK_TIMEOUT]
+    assert world.sip.byes == [] and world.ports.in_use == []
+    [abandoned] = [line for line in logs if line["event"] == "sip_bye_abandoned"]
+    assert abandoned["reason"] == "'pbx.example' not resolved within 2s"
 
 
 async def test_unknown_dialogs_get_481(world: World) -> None:

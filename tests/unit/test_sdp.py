@@ -221,3 +221,27 @@ def test_invalid_sdp(body: bytes) -> None:
     with pytest.raises(InvalidSdp) as info:
         parse_sdp(body)
     assert isinstance(info.value, SdpError)
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    (b"c=IN IP4 hang.invalid", "c= address 'hang.invalid' is not an IP address"),
+    (b"c=IN IP4 localhost/127", "c= address 'localhost' is not an IP address"),
+    (b"c=IN IP6 192.0.2.20", "c= address '192.0.2.20' is not an IP6 address"),
+    (b"c=IN IP4 ::1", "c= address '::1' is not an IP4 address"),
+])
+@pytest.mark.parametrize("level", ["session", "media"])
+def test_connection_must_be_an_ip_literal(line: bytes, problem: str, level: str) -> None:
+    if level == "session":
+        offer = ASTERISK_OFFER.replace(b"c=IN IP4 192.0.2.20", line)
+    else:
+        offer = ASTERISK_OFFER.replace(b"a=ptime:20\r\n", b"a=ptime:20\r\n" + line + b"\r\n")
+    with pytest.raises(InvalidSdp) as info:
+        parse_sdp(offer)
+    assert str(info.value) == problem
+
+
+def test_ip_literals_of_both_families_and_multicast_ttl_are_accepted() -> None:
+    assert parse_sdp(ASTERISK_OFFER.replace(b"IN IP4 192.0.2.20\r\nt", b"IN IP6 ::1\r\nt")
+                     ).connection == "::1"
+    assert parse_sdp(ASTERISK_OFFER.replace(b"192.0.2.20\r\nt", b"233.252.0.1/127\r\nt")
+                     ).connection == "233.252.0.1"

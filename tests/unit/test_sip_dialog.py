@@ -118,6 +118,15 @@ def test_parse_invite_says_what_to_answer_when_unusable(body: str, extra: str,
     assert caught.value.status == status
 
 
+def test_an_offer_naming_a_host_is_refused_with_488_and_a_warning() -> None:
+    named = SDP.replace("c=IN IP4 192.0.2.10", "c=IN IP4 pbx.example")
+    with pytest.raises(InvalidInvite) as caught:
+        parse_invite(message("INVITE", body=named), transport="UDP")
+    problem = "c= address 'pbx.example' is not an IP address"
+    assert (caught.value.status, caught.value.reason) == (488, f"Not Acceptable Here - {problem}")
+    assert caught.value.headers == (("Warning", f'399 voicedashd "{problem}"'),)
+
+
 # --- early: ringing, answer, reject ----------------------------------------------------------
 
 
@@ -302,6 +311,24 @@ def test_reinvite_with_the_same_offer_keeps_the_version_and_bad_sdp_gets_488() -
     assert statuses(bad) == [100, 488]
     stale = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=SDP), 3.0)
     assert statuses(stale) == [100, 500]
+
+
+def test_reinvite_naming_a_host_gets_488_and_leaves_dialog_and_media_as_they_were() -> None:
+    dialog = confirmed()
+    before = dialog.answer_sdp
+    named = HOLD.replace("c=IN IP4 192.0.2.10", "c=IN IP4 hang.invalid")
+    refused = dialog.receive(in_dialog(dialog, "INVITE", cseq=2, body=named), 1.0)
+    assert statuses(refused) == [100, 488]
+    assert not [a for a in refused if isinstance(a, MediaChanged)]
+    response = refused[-1].response  # type: ignore[union-attr]
+    assert response.reason == "Not Acceptable Here - c= address 'hang.invalid' is not an IP address"
+    assert response.headers.get("Warning") == (
+        '399 voicedashd "c= address \'hang.invalid\' is not an IP address"')
+    assert dialog.answer_sdp is before and dialog.state is DialogState.CONFIRMED
+    hold = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=HOLD), 2.0)
+    assert statuses(hold) == [100, 200]
+    [changed] = [a for a in hold if isinstance(a, MediaChanged)]
+    assert _version(changed.answer.body) == 2  # the refused offer changed no version
 
 
 def test_reinvite_before_the_ack_is_481() -> None:

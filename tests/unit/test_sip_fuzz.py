@@ -1,12 +1,21 @@
-"""Property tests: no bytes make the SIP parsing code raise anything but its own errors."""
+"""Property tests: no bytes make the SIP parsing code raise anything but its own errors.
+
+The generation is shared with `scripts/fuzz-sip` (tests/sip_mutations.py), and so is the whole
+input path it drives (tests/sip_fuzz.py), run here on a few thousand messages.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import sip_fuzz
+from tests.sip_fuzz import InputPath, Report, fuzz, run_case
+from tests.sip_mutations import CALL_ID, SDP, SEEDS, TO_TAG, Case, cases, dialog_messages, mutate
 from voicedashd.sip.callee import callee_extension, request_domain
 from voicedashd.sip.fields import InvalidHeader, parse_cseq, parse_name_addr, parse_via
 from voicedashd.sip.message import Request
@@ -21,67 +30,16 @@ from voicedashd.sip.sdp import SdpError, build_answer, parse_sdp
 from voicedashd.sip.uri import InvalidUri, UnsupportedUriScheme, parse_uri
 from voicedashd.sip.validate import check_request
 
-SDP = (
-    b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
-    b"m=audio 49170 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
-    b"a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
-)
-SEEDS = [
-    b"INVITE sip:1004@pbx.example.com SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n"
-    b"Max-Forwards: 70\r\n"
-    b'From: "Alice \\"A\\"" <sip:alice@example.com>;tag=1928301774\r\n'
-    b"To: <sip:1004@pbx.example.com>\r\n"
-    b"Call-ID: a84b4c76e66710@pc33.example.com\r\n"
-    b"CSeq: 314159 INVITE\r\n"
-    b"Contact: <sip:alice@192.0.2.10:5060>\r\n"
-    b"Diversion: <sip:1000@pbx>;reason=no-answer, <tel:+4930123>;reason=unconditional\r\n"
-    b"History-Info: <sip:1000@pbx>;index=1, <sip:bot@h?Reason=SIP%3Bcause%3D302>;index=1.1\r\n"
-    b"Content-Type: application/sdp\r\n"
-    b"Content-Length: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP,
-    b"SIP/2.0 180 Ringing\r\n"
-    b"v: SIP/2.0/TCP [2001:db8::1]:5061;branch=z9hG4bK1, SIP/2.0/UDP h;branch=z9hG4bK2\r\n"
-    b"f: <sip:a@example.com>;tag=1\r\nt: sip:b@example.com;tag=2\r\n"
-    b"i: r1\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n",
-    b"OPTIONS tel:+1-201-555-0123;phone-context=x SIP/2.0\r\n"
-    b"Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;rport;branch=390skdjuw\r\n"
-    b"TO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\n"
-    b"from: caller<sip:caller@example.com>;tag=323\r\n"
-    b"Call-ID: opt\r\ncseq: 0009\r\n  OPTIONS\r\nRequire: foo\r\n\r\n",
-]
-TOKENS = [
-    b"\r\n", b"\r\n ", b"\n", b"\r", b" ", b"\t", b":", b";", b",", b'"', b"\\", b"<", b">",
-    b"%", b"%00", b"\x00", b"\xff", b"\xc3", b"=", b"@", b"[", b"]", b"?", b"&",
-    b"Content-Length: ", b"l: 99999999999999999999", b"-1", b"2147483648", b"SIP/2.0",
-    b"SIP/7.0", b"sip:", b"tel:", b"Via: ", b"CSeq: 1 ", b"To: ", b"\r\n\r\n", b"0.0.0.0",
-    b"m=audio 0 RTP/AVP ", b"a=rtpmap:", b";tag=", b";index=1.",
-]
-
 SLOW = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MEDIUM = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    """A seed message with a few byte-level or token-level mutations."""
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 6))):
-        pos = draw(st.integers(0, len(data)))
-        action = draw(st.sampled_from(["insert", "delete", "replace", "token", "dup-line"]))
-        if action == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif action == "delete":
-            del data[pos:pos + draw(st.integers(1, 40))]
-        elif action == "replace" and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        elif action == "token":
-            data[pos:pos] = draw(st.sampled_from(TOKENS))
-        else:
-            start = data.rfind(b"\r\n", 0, pos) + 2
-            end = data.find(b"\r\n", pos)
-            if end != -1 and start <= end:
-                data[end:end] = b"\r\n" + data[start:end]
-    return bytes(data)
+    """A message of the shared generator (a seed or a valid request) with a few mutations."""
+    rng = random.Random(draw(st.integers(0, 2**64)))
+    source = draw(st.sampled_from([*SEEDS, *dialog_messages(rng, "UDP")]))
+    return mutate(rng, source.replace(CALL_ID, b"c1").replace(TO_TAG, b"t1"))
 
 
 def exercise(data: bytes, *, datagram: bool) -> None:
@@ -172,3 +130,35 @@ def test_sdp_never_raises_anything_else(body: bytes) -> None:
     with contextlib.suppress(SdpError):
         build_answer(parse_sdp(body), address="192.0.2.5", port=4000, session_id=1,
                      session_version=1)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_whole_input_path_survives_a_small_seeded_fuzz(seed: int) -> None:
+    report = fuzz(cases(seed), 3000)
+    assert report.failure_count == 0, report.failures[0].error
+    assert report.messages >= 3000
+    # The generated input reaches every layer: parser errors, calls answered and refused,
+    # requests inside dialogs, our BYEs and the answers to them.
+    reached = {"malformed 400", "INVITE 200", "INVITE 488", "BYE 200", "BYE 481", "CANCEL 200",
+               "OPTIONS 200", "response matched", "stream unframeable"}
+    assert reached <= set(report.outcomes), report.outcomes
+
+
+def test_the_same_seed_generates_the_same_messages() -> None:
+    first, second = cases(9), cases(9)
+    assert [next(first) for _ in range(200)] == [next(second) for _ in range(200)]
+
+
+def test_an_exception_in_the_path_is_reported_with_its_sample(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in parse_invite")
+
+    monkeypatch.setattr(sip_fuzz, "parse_invite", broken)
+    invite = dialog_messages(random.Random(1), "UDP")[0]
+    report = Report()
+    run_case(InputPath(), 0, Case("UDP", (invite,)), report)
+    assert report.failure_count == 1 and report.outcomes["uncaught exception"] == 1
+    [failure] = report.failures
+    assert failure.message.startswith(b"INVITE ") and b"Call-ID: fuzz0" in failure.message
+    assert "RuntimeError: a bug in parse_invite" in failure.error

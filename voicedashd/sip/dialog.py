@@ -27,6 +27,7 @@ from voicedashd.sip.fields import (
     header_values,
     new_tag,
     parse_name_addr,
+    quote,
     tag_of,
 )
 from voicedashd.sip.message import Headers, Request, Response
@@ -57,10 +58,12 @@ _NO_COMMON_CODEC_WARNING = ("Warning", '304 voicedashd "PCMU or PCMA"')
 class InvalidInvite(ValueError):
     """An initial INVITE that cannot open a dialog; status and reason are the answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.headers = headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,11 @@ class Invite:
         return (self.call_id, self.remote_tag, self.cseq)
 
 
+def sdp_warning(error: SdpError) -> tuple[str, str]:
+    """A Warning header (399, RFC 3261 §20.43) saying what in an offer we cannot accept."""
+    return ("Warning", f"399 voicedashd {quote(str(error))}")
+
+
 def invite_key(request: Request) -> InviteKey:
     """The `Invite.key` a request (a CANCEL, a copy of the INVITE) points at."""
     try:
@@ -116,7 +124,7 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
     try:
         offer = parse_sdp(request.body)
     except SdpError as exc:
-        raise InvalidInvite(488, f"Not Acceptable Here - {exc}") from exc
+        raise InvalidInvite(488, f"Not Acceptable Here - {exc}", (sdp_warning(exc),)) from exc
     headers = request.headers
     try:
         remote = parse_name_addr(headers.get("From") or "")
@@ -126,6 +134,12 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
         cseq, _ = cseq_of(headers)
     except InvalidHeader as exc:
         raise InvalidInvite(400, "Bad Request - unusable From/To/Contact") from exc
+    route_set = tuple(header_values(headers, "Record-Route"))
+    try:
+        for route in route_set:  # read now: our BYE follows them, long after the INVITE
+            parse_name_addr(route)
+    except InvalidHeader as exc:
+        raise InvalidInvite(400, f"Bad Request - unusable Record-Route: {exc}") from exc
     return Invite(
         request=request,
         call_id=headers.get("Call-ID") or "",
@@ -139,7 +153,7 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
         callee_extension=callee_extension(request) or "",
         domain=request_domain(request),
         remote_target=contact.uri if contact else remote.uri,
-        route_set=tuple(header_values(headers, "Record-Route")),
+        route_set=route_set,
         offer=offer,
         transport=transport,
     )
@@ -276,7 +290,8 @@ class Dialog:
             return self.reject(488, "Not Acceptable Here - no common codec",
                                reason="rejected", headers=[_NO_COMMON_CODEC_WARNING])
         except SdpError as exc:
-            return self.reject(488, f"Not Acceptable Here - {exc}", reason="rejected")
+            return self.reject(488, f"Not Acceptable Here - {exc}", reason="rejected",
+                               headers=[sdp_warning(exc)])
         return [self._respond_invite(180, "Ringing", headers=[("Contact", self._contact)])]
 
     def answer(self, address: str, port: int, now: float) -> list[Action]:
@@ -392,9 +407,9 @@ class Dialog:
             if self._answer is None or answer.body != self._answer.body:
                 self._session_version += 1  # RFC 3264 §8: a changed answer gets a new version
                 answer = self._build_answer(parse_sdp(request.body))
-        except SdpError as exc:
+        except SdpError as exc:  # RFC 3261 §14.2: the session stays as it was
             return [trying, Respond(request, make_response(
-                request, 488, f"Not Acceptable Here - {exc}"))]
+                request, 488, f"Not Acceptable Here - {exc}", headers=[sdp_warning(exc)]))]
         self._answer = answer
         return [trying, Respond(request, self._ok(request)), MediaChanged(answer)]
 

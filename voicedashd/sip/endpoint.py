@@ -10,17 +10,10 @@ import structlog
 import trio
 
 from ..metrics import Metrics
-from .fields import (
-    InvalidHeader,
-    format_via,
-    new_branch,
-    new_tag,
-    parse_via,
-    split_header_values,
-    top_via,
-)
+from .fields import InvalidHeader, Via, new_branch, new_tag
 from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
+from .resolve import NextHopUnresolved, Resolver, is_ip_literal, system_resolver, uri_target
 from .transaction import (
     Action,
     InvalidTransactionHeaders,
@@ -38,12 +31,13 @@ from .transaction_runner import (
     run_client_transaction,
 )
 from .transport import Peer, Transport
-from .uri import InvalidUri, SipUri, UnsupportedUriScheme, parse_uri
 from .validate import KNOWN_METHODS, check_request
+from .via import response_destination, stamp_via
 
 log = structlog.get_logger(__name__)
 
 INBOX_SIZE = 16
+RESOLVE_TIMEOUT = 2.0  # how long our BYE waits for its next hop's name to resolve
 _CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -119,15 +113,15 @@ class SipEndpoint:
     def _reply_statelessly(self, request: Request, peer: Peer, status: int, reason: str) -> None:
         self.metrics.sip_requests.labels(method_label(request.method), str(status)).inc()
         try:
-            self._stamp_via(request, peer)
+            via = stamp_via(request.headers, peer)
             response = make_response(request, status, reason, to_tag=new_tag())
         except (InvalidHeader, ValueError):
-            return  # without a usable Via there is nowhere to answer
-        self._send_response(response, peer)
+            return  # without a usable Via the answer could not be matched to the request
+        self._send(response, response_destination(via, peer))
 
     def _handle_request(self, request: Request, peer: Peer) -> None:
         try:
-            self._stamp_via(request, peer)
+            via = stamp_via(request.headers, peer)
             key = server_key(request)
         except (InvalidHeader, InvalidTransactionHeaders) as exc:
             self._reply_statelessly(request, peer, 400, f"Bad Request - {exc}")
@@ -142,19 +136,19 @@ class SipEndpoint:
         if runner is not None:
             runner.receive(request)
             return
-        self._start_server_transaction(request, peer, key)
+        self._start_server_transaction(request, peer, key, via)
 
     def _start_server_transaction(self, request: Request, peer: Peer,
-                                  key: TransactionKey) -> None:
+                                  key: TransactionKey, via: Via) -> None:
         now = trio.current_time()
         tx: InviteServerTransaction | NonInviteServerTransaction
         if request.method == "INVITE":
             tx = InviteServerTransaction(request, now, reliable=peer.reliable)
         else:
             tx = NonInviteServerTransaction(request, now, reliable=peer.reliable)
-        # Every response of a transaction goes to the same place: work it out once.
+        # Every response of a transaction (timer G's resends too) goes to the same place.
         runner = ServerTransactionRunner(tx, self, key=key,
-                                         destination=_response_destination(request, peer))
+                                         destination=response_destination(via, peer))
         self._server[key] = runner
         if request.method == "INVITE":
             self._invites_by_ack[invite_ack_key(request)] = key
@@ -202,27 +196,6 @@ class SipEndpoint:
 
     # -- outbound ------------------------------------------------------------------------
 
-    def _stamp_via(self, request: Request, peer: Peer) -> None:
-        """Add received/rport to the top Via (RFC 3261 §18.2.1, RFC 3581)."""
-        items = request.headers.items
-        index = next((i for i, (name, _) in enumerate(items) if name == "Via"), None)
-        if index is None:
-            raise InvalidHeader("no Via header")
-        values = split_header_values(items[index][1])
-        if not values:
-            raise InvalidHeader("empty Via header")
-        via = parse_via(values[0])
-        if via.host != peer.host:
-            via.params["received"] = peer.host
-        if via.rport_requested:
-            via.params["received"] = peer.host
-            via.params["rport"] = str(peer.port)
-        values[0] = format_via(via)
-        items[index] = ("Via", ", ".join(values))
-
-    def _send_response(self, response: Response, peer: Peer) -> None:
-        self._send(response, _response_destination(response, peer))
-
     def _send(self, message: Message, destination: Peer) -> None:
         """Serialise and send; sends happen in the transport's task, so nothing may escape."""
         try:
@@ -237,9 +210,13 @@ class SipEndpoint:
 class SipClient:
     """Sends our own requests (BYE) as client transactions; the endpoint hands it responses."""
 
-    def __init__(self, transport: Transport, via_host: str) -> None:
+    def __init__(self, transport: Transport, via_host: str, *,
+                 resolver: Resolver = system_resolver,
+                 resolve_timeout: float = RESOLVE_TIMEOUT) -> None:
         self.transport = transport
         self.via_host = via_host
+        self._resolver = resolver
+        self._resolve_timeout = resolve_timeout
         self._inboxes: dict[TransactionKey, trio.MemorySendChannel[Response]] = {}
 
     def new_via(self, transport: str) -> str:
@@ -259,22 +236,28 @@ class SipClient:
                 inbox.send_nowait(response)
 
     async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
-        """Where an in-dialog request goes: the dialog's TCP connection, or the URI's address."""
+        """Where an in-dialog request goes: the dialog's TCP connection, or the URI's address.
+
+        A host name (a PBX's, from a Record-Route or Contact) is resolved by the resolver off
+        the event loop; NextHopUnresolved if that takes longer than the resolve timeout. A URI
+        without a usable host, or a name that does not resolve, falls back to dialog_peer.
+        """
         if dialog_peer.reliable:
             return dialog_peer
-        try:
-            parsed = parse_uri(uri)
-        except (InvalidUri, UnsupportedUriScheme):
+        target = uri_target(uri)
+        if target is None:
             return dialog_peer
-        if not isinstance(parsed, SipUri):
-            return dialog_peer
-        port = parsed.port or (5061 if parsed.scheme == "sips" else 5060)
-        host = parsed.host.strip("[]")
-        try:
-            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_DGRAM)
-        except OSError:
-            return dialog_peer
-        return Peer("UDP", infos[0][4][0], port)
+        host, port = target
+        if is_ip_literal(host):
+            return Peer("UDP", host, port)
+        with trio.move_on_after(self._resolve_timeout):
+            try:
+                address = await self._resolver(host, port)
+            except OSError:
+                return dialog_peer
+            return Peer("UDP", address, port) if is_ip_literal(address) else dialog_peer
+        raise NextHopUnresolved(
+            f"{host[:80]!r} not resolved within {self._resolve_timeout:g}s")
 
     async def send_request(self, request: Request, destination: Peer, *,
                            nursery: trio.Nursery) -> Response | None:
@@ -298,19 +281,6 @@ class SipClient:
                 self._inboxes.pop(key, None)
 
         return await nursery.start(run)
-
-
-def _response_destination(message: Request | Response, peer: Peer) -> Peer:
-    """Where a response goes: the connection it came on, or the top Via's received/rport."""
-    if peer.reliable:
-        return peer
-    try:
-        via = top_via(message.headers)
-    except InvalidHeader:
-        return peer
-    host = via.received or via.host
-    port = via.rport or (peer.port if via.rport_requested else via.port or 5060)
-    return Peer(peer.transport, host, port)
 
 
 def method_label(method: str) -> str:

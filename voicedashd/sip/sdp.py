@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,11 +126,22 @@ class Answer:
 
 
 def _connection_address(value: str) -> str:
-    """Return the address of a c= value ('IN IP4 192.0.2.1/127' -> '192.0.2.1')."""
+    """Return the IP address of a c= value ('IN IP4 192.0.2.1/127' -> '192.0.2.1').
+
+    Only IP literals are accepted: media is never sent to a name written by the peer, and no
+    name is ever looked up for it (RFC 4566 allows names; we answer 488).
+    """
     parts = _SPACES.split(value.strip(" \t"))
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6") or not parts[2]:
         raise InvalidSdp(f"bad c= line {value[:60]!r}")
-    return parts[2].split("/", 1)[0]
+    address = parts[2].split("/", 1)[0]
+    try:
+        version = ipaddress.ip_address(address).version
+    except ValueError:
+        raise InvalidSdp(f"c= address {address[:60]!r} is not an IP address") from None
+    if f"IP{version}" != parts[1]:
+        raise InvalidSdp(f"c= address {address[:60]!r} is not an {parts[1]} address")
+    return address
 
 
 def _media_line(value: str, session: SessionDescription) -> MediaDescription:
