@@ -14,11 +14,19 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 _SECRET_KEYS = frozenset({"password", "token", "access_token", "refresh_token", "secret",
                           "authorization", "jwt"})
+_DTMF_KEYS = frozenset({"digit", "digits"})
 
 
 def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Replace values of secret-looking keys so no token or password reaches a log line."""
     for key in event_dict.keys() & _SECRET_KEYS:
+        event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def _redact_dtmf(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Hide the keys a caller pressed (often a PIN or a card number); the events keep them."""
+    for key in event_dict.keys() & _DTMF_KEYS:
         event_dict[key] = "[redacted]"
     return event_dict
 
@@ -37,6 +45,7 @@ def configure_logging(config: LogConfig) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_secrets,
+            *([] if config.dtmf_digits else [_redact_dtmf]),
             structlog.processors.format_exc_info,
             renderer,
         ],
