@@ -65,6 +65,13 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# The seq of the call_ended stored for a call a killed process left open, after its last
+# stored event. The process may have delivered a few more events to hub clients before dying
+# without storing them; numbering call_ended past any of those means a client that resumes
+# from the last seq it saw still gets it (a call publishes a few events a second).
+SEQ_GAP_AFTER_CRASH = 1000
+
+
 class StoreError(Exception):
     """The database cannot be opened or used."""
 
@@ -175,7 +182,7 @@ class Store:
 
     async def mark_unfinished_calls(self, reason: str) -> int:
         """Close calls a killed process left open: each ends at its last stored event's time
-        with a stored call_ended (reason, next seq), as a call that ended while running would."""
+        with a stored call_ended (reason; seq past any the process could have published)."""
         end_reason = EndReason(reason)
 
         def _close(conn: sqlite3.Connection) -> int:
@@ -197,8 +204,8 @@ def _interrupted(row: sqlite3.Row, reason: EndReason) -> CallEnded:
     answered = row["answered_at"]
     duration = max(0.0, (ended_at - datetime.fromisoformat(answered)).total_seconds()
                    ) if answered else 0.0
-    return CallEnded(call_id=row["call_id"], seq=(row["seq"] or 0) + 1, ts=ended_at,
-                     reason=reason, duration=round(duration, 3))
+    return CallEnded(call_id=row["call_id"], seq=(row["seq"] or 0) + SEQ_GAP_AFTER_CRASH,
+                     ts=ended_at, reason=reason, duration=round(duration, 3))
 
 
 def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -> None:
