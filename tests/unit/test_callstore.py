@@ -342,7 +342,8 @@ async def test_calls_a_killed_process_left_open_end_at_their_last_event(tmp_path
         assert (never_answered.ended_at, never_answered.end_reason, never_answered.duration,
                 never_answered.answered_at) == (T0, "interrupted", 0.0, None)
         assert await callstore.events_since(store, bus, "c-ringing") == [CallEnded(
-            call_id="c-ringing", seq=SEQ_GAP_AFTER_CRASH, ts=T0, reason=EndReason.INTERRUPTED, duration=0.0)]
+            call_id="c-ringing", seq=SEQ_GAP_AFTER_CRASH, ts=T0, reason=EndReason.INTERRUPTED,
+            duration=0.0)]
 
         finished = await callstore.get_call(store, "c-done")
         assert finished is not None
