@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +67,14 @@ def test_who_calls_whom_is_printable_in_call_info_and_call_started() -> None:
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
+    """Put structlog and stdlib logging back as they were (not on a closed capture stream)."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
-    configure_logging(LogConfig())
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])
