@@ -45,9 +45,13 @@ _LINE_BREAKS = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029]
 _PRINTABLE = str.maketrans({**dict.fromkeys(_UNPRINTABLE), **dict.fromkeys(_LINE_BREAKS, " ")})
 
 
-def printable(text: str) -> str:
+_PRINTABLE_LINES = str.maketrans({**dict.fromkeys(_UNPRINTABLE), **dict.fromkeys(
+    [b for b in _LINE_BREAKS if b != 0x0A], " "), 0x0A: "\n"})
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
     """Text without control characters (C0, DEL, C1) or bidi controls; breaks become spaces."""
-    return text.translate(_PRINTABLE)
+    return text.translate(_PRINTABLE_LINES if keep_newlines else _PRINTABLE)
 
 
 def _clean_parties(event: CallInfo | CallStarted) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from .config import LogConfig
+from .events import printable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -31,6 +32,14 @@ def _redact_dtmf(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
+def _printable_values(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Strip control and bidi characters from text values: a SIP peer chooses some of them."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable(value, keep_newlines=key == "exception")
+    return event_dict
+
+
 def configure_logging(config: LogConfig) -> None:
     """Configure structlog (and stdlib logging from libraries) for the given level and format."""
     level = _LEVELS[config.level]
@@ -47,6 +56,7 @@ def configure_logging(config: LogConfig) -> None:
             _redact_secrets,
             *([] if config.dtmf_digits else [_redact_dtmf]),
             structlog.processors.format_exc_info,
+            _printable_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -128,3 +128,26 @@ def test_watch_calls_prints_no_control_or_bidi_character(
     assert out.count("\n") == len(frames)
     assert not [c for c in out if c != "\n" and printable(c) != c], repr(out)
     assert 'from 555]0;owned "Bank[31m Support" to 1001' in out
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_no_log_line_carries_a_control_or_bidi_character(
+        capsys: pytest.CaptureFixture[str], restore_logging: None, log_format: str) -> None:
+    """Whatever a SIP peer got into a value (a parse error quoting its header, say)."""
+    log = structlog.get_logger("test")
+    configure_logging(LogConfig(format=log_format))  # type: ignore[arg-type]
+    log.info("sip_malformed", reason=f"bad display name: '{DIRTY_NAME}'\r\nInjected: line")
+    try:
+        raise ValueError(f"header {DIRTY_NAME}")
+    except ValueError:
+        log.exception("sip_request_failed")
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert not [c for c in err if c != "\n" and printable(c) != c], repr(err)
+    if log_format == "json":
+        first, second = (json.loads(line) for line in lines)
+        assert first["reason"] == "bad display name: 'Bank[31m Support'  Injected: line"
+        assert "header Bank[31m Support" in second["exception"]
+        assert "\n" in second["exception"]  # a traceback keeps its lines
+    else:
+        assert "Injected: line" in lines[0]  # no line of its own
