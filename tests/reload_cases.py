@@ -14,7 +14,7 @@ from voicedashd.passwords import hash_password
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Environment variables the changed config names in api_key_env; validation wants them set.
 KEY_ENV = {"TEST_STT_KEY": "x", "TEST_TTS_KEY": "x", "TEST_LLM_KEY": "x"}
-_ARRAYS = ("tenants", "users", "voicebot.overrides")
+_ARRAYS = ("sip.trunks", "tenants", "users", "voicebot.overrides")
 
 
 def readme_reload_column(readme: str | None = None) -> dict[str, str]:
@@ -50,6 +50,9 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
     return {
         "sip.listen": f"127.0.0.1:{config.sip_port}",
         "sip.trusted": ["127.0.0.0/8"],
+        "sip.trunks.name": ["pbx"],
+        "sip.trunks.sources": [["127.0.0.2/32"]],
+        "sip.trunks.tenant": ["acme"],
         "sip.public_address": None,
         "sip.user_agent": "voicedashd",
         "sip.answer_delay": "0s",
@@ -83,6 +86,7 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "daemon.shutdown_grace": "5s",
         "log.level": "debug",
         "log.format": "json",
+        "log.dtmf_digits": False,
         "tenants.name": ["acme", "globex"],
         "tenants.domains": [["acme.example"], ["globex.example"]],
         "tenants.default": [False, False],
@@ -136,6 +140,9 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
     return {
         "sip.listen": f"127.0.0.1:{config.sip_port + 1}",
         "sip.trusted": ["127.0.0.0/8", "10.0.0.0/8"],
+        "sip.trunks.name": ["pbx-2"],
+        "sip.trunks.sources": [["127.0.0.3/32", "10.1.0.0/16"]],
+        "sip.trunks.tenant": ["initech"],
         "sip.public_address": "127.0.0.1",
         "sip.user_agent": "voicedashd-reloaded",
         "sip.answer_delay": "100ms",
@@ -169,6 +176,7 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "daemon.shutdown_grace": "6s",
         "log.level": "info",
         "log.format": "console",
+        "log.dtmf_digits": True,
         "tenants.name": ["acme", "initech"],
         "tenants.domains": [["acme.example", "acme.test"], ["initech.example"]],
         "tenants.default": [True, False],

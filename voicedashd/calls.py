@@ -235,7 +235,7 @@ class CallManager:
         # The INVITE transaction (RFC 6026) already resends the 2xx and absorbs copies.
         dialog = Dialog(invite, contact=self._contact(peer), user_agent=config.sip.user_agent,
                         retransmit_2xx=False)
-        tenant = config.tenant_for_domain(invite.domain)
+        tenant = config.tenant_for_call(peer.host, invite.domain)
         info = call_info(invite, tenant.name)
         call = Call(info=info, dialog=dialog, peer=peer, invite=tx)
         ringing = dialog.ring(trio.current_time())

@@ -107,37 +107,65 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: Any) -> tuple[Network, ...]:
+    """Parse a list of CIDRs (a bare address is a /32 or /128)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of CIDRs such as [\"127.0.0.0/8\"]")
+    nets = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"not a CIDR: {item!r}") from None
+    return tuple(nets)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class TrunkConfig(_Section):
+    """[[sip.trunks]]: a PBX that sends calls from known addresses, optionally for one tenant."""
+
+    name: str = Field(min_length=1)
+    sources: Annotated[tuple[Network, ...], BeforeValidator(parse_networks)] = Field(
+        min_length=1)
+    tenant: str | None = None
+
+    def contains(self, host: str) -> bool:
+        """Whether a source address belongs to this trunk."""
+        address = _address(host)
+        return address is not None and any(address in net for net in self.sources)
+
+
 class SipConfig(_Section):
     """[sip]: where the PBX reaches us and who may call."""
 
     listen: Listen
-    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    trusted: Annotated[tuple[Network, ...], BeforeValidator(parse_networks)] = (
         ipaddress.ip_network("127.0.0.0/8"),
     )
+    trunks: tuple[TrunkConfig, ...] = ()
     public_address: str | None = None
     user_agent: str = "voicedashd"
     answer_delay: Duration = 0.0
 
-    @field_validator("trusted", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise ValueError("expected a list of CIDRs such as [\"127.0.0.0/8\"]")
-        nets = []
-        for item in value:
-            try:
-                nets.append(ipaddress.ip_network(str(item), strict=False))
-            except ValueError:
-                raise ValueError(f"not a CIDR: {item!r}") from None
-        return tuple(nets)
+    def trunk_for(self, host: str) -> TrunkConfig | None:
+        """The first trunk whose sources contain a source address, or None."""
+        return next((trunk for trunk in self.trunks if trunk.contains(host)), None)
 
     def is_trusted(self, host: str) -> bool:
-        """Return whether a source address may send INVITE."""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
+        """Return whether a source address may send INVITE: sip.trusted or a trunk's sources."""
+        address = _address(host)
+        if address is None:
             return False
-        return any(address in net for net in self.trusted)
+        return any(address in net for net in self.trusted) or self.trunk_for(host) is not None
 
 
 class MediaConfig(_Section):
@@ -279,6 +307,7 @@ class LogConfig(_Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    dtmf_digits: bool = False  # the keys a caller pressed are often PINs or card numbers
 
 
 class TenantConfig(_Section):
@@ -478,6 +507,13 @@ class _FileModel(_Section):
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ValueError("tenants: tenant names must be unique")
+        trunk_names: set[str] = set()
+        for index, trunk in enumerate(self.sip.trunks):
+            if trunk.tenant is not None and trunk.tenant not in names:
+                raise ValueError(f"sip.trunks[{index}].tenant: no tenant named {trunk.tenant!r}")
+            if trunk.name in trunk_names:
+                raise ValueError(f"sip.trunks[{index}].name: {trunk.name!r} appears twice")
+            trunk_names.add(trunk.name)
         if sum(t.default for t in self.tenants) > 1:
             raise ValueError("tenants: at most one tenant may have default = true")
         seen: set[tuple[str, str]] = set()
@@ -528,6 +564,13 @@ class Config:
                 if lowered in (d.lower() for d in tenant.domains):
                     return tenant
         return self.default_tenant
+
+    def tenant_for_call(self, source: str, domain: str | None) -> TenantConfig:
+        """A call's tenant: its trunk's (by source address) if set, else the callee's domain's."""
+        trunk = self.sip.trunk_for(source)
+        if trunk is not None and trunk.tenant is not None:
+            return next(t for t in self.tenants if t.name == trunk.tenant)
+        return self.tenant_for_domain(domain)
 
     def find_user(self, tenant: str, extension: str) -> UserConfig | None:
         """Look up a dashboard user."""
@@ -670,6 +713,9 @@ _LIVE, _RESTART = Reload.LIVE, Reload.RESTART
 RELOAD: Mapping[str, Reload] = MappingProxyType({
     "sip.listen": _RESTART,
     "sip.trusted": _LIVE,
+    "sip.trunks.name": _LIVE,
+    "sip.trunks.sources": _LIVE,
+    "sip.trunks.tenant": _LIVE,
     "sip.public_address": _LIVE,
     "sip.user_agent": _LIVE,
     "sip.answer_delay": _LIVE,
@@ -703,6 +749,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "daemon.shutdown_grace": _LIVE,
     "log.level": _LIVE,
     "log.format": _LIVE,
+    "log.dtmf_digits": _LIVE,
     "tenants.name": _LIVE,
     "tenants.domains": _LIVE,
     "tenants.default": _LIVE,

@@ -28,11 +28,38 @@ class EndReason(enum.StrEnum):
     MEDIA_TIMEOUT = "media_timeout"
     SHUTDOWN = "shutdown"
     ERROR = "error"
+    INTERRUPTED = "interrupted"  # the process died (kill -9, power loss); closed at next start
 
 
 def utc_now() -> datetime:
     """Return the current time in UTC."""
     return datetime.now(UTC)
+
+
+# C0 controls, DEL, C1 controls, and the bidirectional marks, embeddings, overrides and
+# isolates: a caller chooses their display name, and these would let it recolour a terminal,
+# move its cursor, or show a number reversed on a dashboard.
+_UNPRINTABLE = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
+                *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_LINE_BREAKS = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029]
+_PRINTABLE = str.maketrans({**dict.fromkeys(_UNPRINTABLE), **dict.fromkeys(_LINE_BREAKS, " ")})
+
+
+_PRINTABLE_LINES = str.maketrans({**dict.fromkeys(_UNPRINTABLE), **dict.fromkeys(
+    [b for b in _LINE_BREAKS if b != 0x0A], " "), 0x0A: "\n"})
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """Text without control characters (C0, DEL, C1) or bidi controls; breaks become spaces."""
+    return text.translate(_PRINTABLE_LINES if keep_newlines else _PRINTABLE)
+
+
+def _clean_parties(event: CallInfo | CallStarted) -> None:
+    """Make who calls whom printable before it reaches events, logs, the store or a screen."""
+    for name in ("caller", "callee", "callee_extension"):
+        object.__setattr__(event, name, printable(getattr(event, name)))
+    if event.caller_name is not None:
+        object.__setattr__(event, "caller_name", printable(event.caller_name).strip() or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +74,9 @@ class CallInfo:
     callee_extension: str
     is_ai_handled: bool
     created_at: datetime
+
+    def __post_init__(self) -> None:
+        _clean_parties(self)
 
 
 class CallPhase(enum.StrEnum):
@@ -144,6 +174,9 @@ class CallStarted(CallEvent):
     callee_extension: str
     is_ai_handled: bool
     started_at: datetime
+
+    def __post_init__(self) -> None:
+        _clean_parties(self)
 
 
 def call_started_fields(info: CallInfo, started_at: datetime) -> dict[str, Any]:

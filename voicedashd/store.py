@@ -7,13 +7,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 import trio
 
-from .events import CallEnded, CallEvent, CallInfo, CallStarted
+from .events import CallEnded, CallEvent, CallInfo, CallStarted, EndReason
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);
     """,
 )
+
+
+# The seq of the call_ended stored for a call a killed process left open, after its last
+# stored event. The process may have delivered a few more events to hub clients before dying
+# without storing them; numbering call_ended past any of those means a client that resumes
+# from the last seq it saw still gets it (a call publishes a few events a second).
+SEQ_GAP_AFTER_CRASH = 1000
 
 
 class StoreError(Exception):
@@ -173,13 +181,31 @@ class Store:
         return [dict(r) for r in rows]
 
     async def mark_unfinished_calls(self, reason: str) -> int:
-        """Close calls left open by a previous process that did not stop cleanly."""
+        """Close calls a killed process left open: each ends at its last stored event's time
+        with a stored call_ended (reason; seq past any the process could have published)."""
+        end_reason = EndReason(reason)
+
         def _close(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE calls SET end_reason = ?, ended_at = started_at, duration = 0 "
-                "WHERE ended_at IS NULL", (reason,))
-            return cur.rowcount
+            rows = conn.execute(
+                "SELECT c.call_id, c.started_at, c.answered_at, e.seq, e.ts FROM calls c"
+                " LEFT JOIN events e ON e.call_id = c.call_id AND e.seq ="
+                " (SELECT MAX(seq) FROM events WHERE call_id = c.call_id)"
+                " WHERE c.ended_at IS NULL").fetchall()
+            _write_events(conn, [_interrupted(row, end_reason) for row in rows])
+            return len(rows)
         return await self.run(_close)
+
+
+def _interrupted(row: sqlite3.Row, reason: EndReason) -> CallEnded:
+    """The call_ended of an unfinished call: after its last stored event, at that event's time."""
+    # Nothing after the last stored event is known: ending the call then keeps history,
+    # transcript and a resumed hub stream in agreement.
+    ended_at = datetime.fromisoformat(row["ts"] or row["started_at"])
+    answered = row["answered_at"]
+    duration = max(0.0, (ended_at - datetime.fromisoformat(answered)).total_seconds()
+                   ) if answered else 0.0
+    return CallEnded(call_id=row["call_id"], seq=(row["seq"] or 0) + SEQ_GAP_AFTER_CRASH,
+                     ts=ended_at, reason=reason, duration=round(duration, 3))
 
 
 def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -> None:

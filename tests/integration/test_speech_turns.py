@@ -33,6 +33,7 @@ from tests.harness import (
 )
 from tests.integration.test_voicebot import KNOWLEDGE, logged
 from tests.sipp import RawSipPeer, to_tag
+from tests.stored import stored_events
 from tests.voice_caller import (
     PTIME,
     SAMPLES,
@@ -353,7 +354,9 @@ async def test_noise_dtmf_and_silence_give_no_words(tmp_path: Path) -> None:
     assert ended["reason"] == "caller_hangup", events
     assert said(daemon, call_id) == [GREETING], events  # the bot was there, and kept quiet
     assert not logged(daemon, "stt_transcript", call_id=call_id), events
-    dtmf = logged(daemon, "dtmf", call_id=call_id)
+    assert [e["digit"] for e in logged(daemon, "dtmf", call_id=call_id)] == [
+        "[redacted]"] * len(RFC_DIGITS), events
+    dtmf = stored_events(config.dir / "store.sqlite3", "dtmf", call_id)
     assert [e["digit"] for e in dtmf] == list(RFC_DIGITS), events
     assert all(e["duration"] == pytest.approx(DTMF_TICKS * PTIME) for e in dtmf), dtmf
     assert session["rtp_in"] >= len(script), session

@@ -17,7 +17,9 @@ from voicedashd.bus import EventBus
 from voicedashd.callstore import HistoryCursor
 from voicedashd.events import (
     CallEnded,
+    CallEvent,
     CallInfo,
+    CallPhase,
     CallStarted,
     EndReason,
     Speaker,
@@ -26,7 +28,7 @@ from voicedashd.events import (
     TtsStarted,
 )
 from voicedashd.metrics import Metrics
-from voicedashd.store import Store, open_store
+from voicedashd.store import SEQ_GAP_AFTER_CRASH, Store, open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -277,3 +279,73 @@ async def test_events_since_refuses_a_stored_event_it_cannot_read(store: Store) 
         ("call-x", 1, "from_the_future", T0.isoformat(), "{}")))
     with pytest.raises(ValueError, match="from_the_future"):
         await callstore.events_since(store, EventBus(store, Metrics()), "call-x")
+
+
+async def _write(store: Store, *items: CallInfo | CallEvent) -> None:
+    """Write calls and events as the writer of a running daemon would."""
+    for item in items:
+        if isinstance(item, CallInfo):
+            store.submit_call(item)
+        else:
+            store.submit(item)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        with trio.fail_after(5):
+            await store.flush()
+        nursery.cancel_scope.cancel()
+
+
+async def test_calls_a_killed_process_left_open_end_at_their_last_event(tmp_path: Path) -> None:
+    """At the next start each unfinished call is closed with `interrupted` at the time of its
+    last stored event, and a call_ended (next seq) is stored: history, transcript and resume
+    agree; finished calls are left alone, and a second run changes nothing."""
+    path = tmp_path / "store.sqlite3"
+    answered = T0 + timedelta(seconds=1)
+    last = T0 + timedelta(seconds=5.25)
+    up, ringing, done = (info("c-up", "1001", T0), info("c-ringing", "1001", T0),
+                         info("c-done", "1002", T0))
+    started = {"tenant": "acme", "caller": "5551234", "caller_name": "Alice", "callee": "1001",
+               "callee_extension": "1001", "is_ai_handled": True, "started_at": answered}
+    async with open_store(path, Metrics()) as store:
+        await _write(
+            store, up, ringing, done,
+            CallStarted(call_id="c-up", seq=1, ts=answered, **started),
+            TtsStarted(call_id="c-up", seq=2, ts=T0 + timedelta(seconds=2), text="Hello."),
+            SttTranscript(call_id="c-up", seq=3, ts=last, text="opening hours", is_final=True),
+            CallStarted(call_id="c-done", seq=1, ts=answered, **started),
+            CallEnded(call_id="c-done", seq=2, ts=T0 + timedelta(seconds=3),
+                      reason=EndReason.CALLER_HANGUP, duration=2.0))
+    async with open_store(path, Metrics()) as store:     # the next process
+        assert await store.mark_unfinished_calls("interrupted") == 2
+        assert await store.mark_unfinished_calls("interrupted") == 0
+        bus = EventBus(store, Metrics())
+
+        call = await callstore.get_call(store, "c-up")
+        assert call is not None
+        assert (call.phase, call.ended_at, call.end_reason, call.duration) == (
+            CallPhase.ENDED, last, "interrupted", 4.25)
+        events = await callstore.events_since(store, bus, "c-up")
+        # call_ended is numbered past whatever the dead process may have sent a hub client.
+        assert [(e.seq, e.name) for e in events] == [
+            (1, "call_started"), (2, "tts_started"), (3, "stt_transcript"),
+            (3 + SEQ_GAP_AFTER_CRASH, "call_ended")]
+        assert events[-1] == CallEnded(call_id="c-up", seq=3 + SEQ_GAP_AFTER_CRASH, ts=last,
+                                       reason=EndReason.INTERRUPTED, duration=4.25)
+        for resumed_from in (3, 4, 2 + SEQ_GAP_AFTER_CRASH):
+            assert await callstore.events_since(store, bus, "c-up", resumed_from) == [
+                events[-1]]
+        assert [e.text for e in await callstore.read_transcript(store, bus, "c-up")] == [
+            "Hello.", "opening hours"]
+
+        never_answered = await callstore.get_call(store, "c-ringing")
+        assert never_answered is not None
+        assert (never_answered.ended_at, never_answered.end_reason, never_answered.duration,
+                never_answered.answered_at) == (T0, "interrupted", 0.0, None)
+        assert await callstore.events_since(store, bus, "c-ringing") == [CallEnded(
+            call_id="c-ringing", seq=SEQ_GAP_AFTER_CRASH, ts=T0, reason=EndReason.INTERRUPTED,
+            duration=0.0)]
+
+        finished = await callstore.get_call(store, "c-done")
+        assert finished is not None
+        assert (finished.end_reason, finished.duration) == ("caller_hangup", 2.0)
+        assert [e.seq for e in await callstore.events_since(store, bus, "c-done")] == [1, 2]

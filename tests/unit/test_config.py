@@ -72,6 +72,16 @@ def test_example_config_without_a_secret_names_the_secret_setting() -> None:
          "config error: sip.trusted: not a CIDR"),
         (('role = "user"', 'role = "root"'), "config error: users[0].role:"),
         (('tenant = "acme"', 'tenant = "nobody"'), "users[0].tenant: no tenant named 'nobody'"),
+        (("[media]", '[[sip.trunks]]\nname = "pbx"\nsources = ["127.0.0.2"]\n'
+                     'tenant = "nobody"\n[media]'),
+         "config error: sip.trunks[0].tenant: no tenant named 'nobody'"),
+        (("[media]", '[[sip.trunks]]\nname = "pbx"\nsources = ["pbx.example"]\n[media]'),
+         "config error: sip.trunks[0].sources: not a CIDR"),
+        (("[media]", '[[sip.trunks]]\nname = "pbx"\nsources = []\n[media]'),
+         "config error: sip.trunks[0].sources:"),
+        (("[media]", '[[sip.trunks]]\nname = "pbx"\nsources = ["127.0.0.2"]\n'
+                     '[[sip.trunks]]\nname = "pbx"\nsources = ["127.0.0.3"]\n[media]'),
+         "config error: sip.trunks[1].name: 'pbx' appears twice"),
     ],
 )
 def test_check_config_rejects_with_the_key_named(good: Path, edit: tuple[str, str] | None,
@@ -148,6 +158,35 @@ def test_tenant_lookup_by_domain_with_default(tmp_path: Path) -> None:
     assert config.tenant_for_domain("globex.example").name == "globex"
     assert config.tenant_for_domain("unknown.example").name == "acme"
     assert config.tenant_for_domain(None).name == "acme"
+
+
+def test_a_calls_tenant_is_its_trunks_else_its_domains(tmp_path: Path) -> None:
+    """The trunk (by source address) decides when it names a tenant; else the callee's domain,
+    else the default tenant. Trunk sources may send INVITEs beside sip.trusted."""
+    cfg = make_config(tmp_path, tenants={"acme": ["acme.example"], "globex": ["globex.example"]})
+    cfg.trusted = ("127.0.0.1/32",)
+    trunks = ('[[sip.trunks]]\nname = "globex-pbx"\nsources = ["127.0.0.2/32", "::1"]\n'
+              'tenant = "globex"\n'
+              '[[sip.trunks]]\nname = "shared-pbx"\nsources = ["127.0.0.3", "127.0.0.2"]\n')
+    path = _edit(cfg.write(), "[media]", trunks + "[media]")
+    config = load_config(path)
+    sip = config.sip
+    assert [t.name for t in sip.trunks] == ["globex-pbx", "shared-pbx"]
+    assert sip.trunk_for("127.0.0.2").name == "globex-pbx"  # the first that matches
+    assert sip.trunk_for("127.0.0.3").name == "shared-pbx"
+    assert sip.trunk_for("127.0.0.1") is None
+    assert sip.trunk_for("not an address") is None
+    assert [sip.is_trusted(h) for h in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "::1",
+                                        "127.0.0.4", "pbx.example")] == [
+        True, True, True, True, False, False]
+    choose = config.tenant_for_call
+    assert choose("127.0.0.2", "acme.example").name == "globex"  # the trunk's tenant wins
+    assert choose("::1", None).name == "globex"
+    assert choose("127.0.0.3", "globex.example").name == "globex"  # no tenant: the domain's
+    assert choose("127.0.0.3", "acme.example").name == "acme"
+    assert choose("127.0.0.1", "globex.example").name == "globex"  # no trunk: the domain's
+    assert choose("127.0.0.1", "elsewhere.example").name == "acme"  # else the default
+    assert choose("127.0.0.1", None).name == "acme"
 
 
 def test_reload_keeps_a_changed_listen_address_and_applies_users(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voicedashd.sip.callee import callee_extension, request_domain
+from voicedashd.sip.callee import Callee, callee_extension, find_callee, request_domain
 from voicedashd.sip.message import Headers, Request
 from voicedashd.sip.parser import parse_message
 
@@ -98,18 +98,52 @@ def test_callee_from_parsed_message_with_folded_multiline_diversion() -> None:
     request = parse_message(raw)
     assert isinstance(request, Request)
     assert callee_extension(request) == "1004"
-    assert request_domain(request) == "192.0.2.5"
+    assert request_domain(request) == "pbx.example.com"  # Diversion's, not To's (192.0.2.5)
 
 
 @pytest.mark.parametrize(
     ("request_", "expected"),
     [
         (invite("sip:bot@other", "<sip:1004@PBX.Example.COM>;tag=1"), "pbx.example.com"),
-        (invite("sip:bot@pbx.example.com", "<tel:1004>"), "pbx.example.com"),
         (invite("sip:bot@[2001:db8::1]:5060", None), "2001:db8::1"),
-        (invite("tel:1004", "<tel:1004>"), None),
         (invite("sip:bot@pbx", '"Unterminated <sip:1004@x>'), "pbx"),
+        # A tel: URI names no domain, and the domain never comes from another header.
+        (invite("sip:bot@pbx.example.com", "<tel:1004>"), None),
+        (invite("tel:1004", "<tel:1004>"), None),
     ],
 )
 def test_request_domain(request_: Request, expected: str | None) -> None:
     assert request_domain(request_) == expected
+
+
+# The tenant of a forwarded call: the domain is always that of the URI the extension came
+# from, so a call forwarded by acme's 1004 is acme's even when To names globex.
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (invite("sip:bot@globex.example", "<sip:bot@globex.example>",
+                ("Diversion", "<sip:1004@acme.example>;reason=no-answer")),
+         Callee("1004", "acme.example", "diversion")),
+        (invite("sip:bot@globex.example", "<sip:bot@globex.example>",
+                ("History-Info", "<sip:bot@globex.example>;index=1.1, "
+                                 "<sip:1004@Acme.Example>;index=1")),
+         Callee("1004", "acme.example", "history-info")),
+        (invite("sip:bot@globex.example", "<sip:bot@globex.example>",
+                ("History-Info", "<sip:1002@globex.example>;index=1"),
+                ("Diversion", "<sip:1004@acme.example>")),
+         Callee("1004", "acme.example", "diversion")),
+        (invite("sip:bot@globex.example", "<sip:bot@globex.example>",
+                ("Diversion", "<tel:1004>;reason=deflection")),
+         Callee("1004", None, "diversion")),
+        # A Diversion without a user is skipped whole: its domain is not used either.
+        (invite("sip:bot@globex.example", "<sip:1001@acme.example>",
+                ("Diversion", "<sip:globex.example>")),
+         Callee("1001", "acme.example", "to")),
+        (invite("sip:1001@globex.example", "<sip:acme.example>"),
+         Callee("1001", "globex.example", "request-uri")),
+        (invite("sip:pbx", "<sip:pbx>"), None),
+    ],
+)
+def test_extension_and_domain_come_from_one_uri(request_: Request,
+                                                expected: Callee | None) -> None:
+    assert find_callee(request_) == expected

@@ -4,41 +4,51 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from voicedashd.sip.fields import InvalidHeader, header_values, parse_name_addr
 from voicedashd.sip.message import Request
-from voicedashd.sip.uri import InvalidUri, SipUri, TelUri, UnsupportedUriScheme, parse_uri
+from voicedashd.sip.uri import InvalidUri, TelUri, UnsupportedUriScheme, parse_uri
 
 _VISUAL_SEPARATORS = str.maketrans("", "", "-.()")
 _INDEX = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})*")
 
 
-def _uri_user(uri_text: str) -> str | None:
-    """Return the user (sip/sips) or number (tel) of a URI, or None."""
+@dataclass(frozen=True, slots=True)
+class Callee:
+    """Who a call is for: the extension, the domain of the same URI, and which header held it."""
+
+    extension: str
+    domain: str | None  # None for a tel: URI, which has no domain
+    source: str  # "diversion", "history-info", "to" or "request-uri"
+
+
+def _uri_callee(uri_text: str, source: str) -> Callee | None:
+    """The user (sip/sips) or number (tel) of a URI and its host, or None."""
     try:
         uri = parse_uri(uri_text)
     except (InvalidUri, UnsupportedUriScheme):
         return None
     if isinstance(uri, TelUri):
-        return uri.digits or None
+        return Callee(uri.digits, None, source) if uri.digits else None
     user = uri.user
     if user and (uri.params.get("user") or "").lower() == "phone":
         user = user.split(";", 1)[0].translate(_VISUAL_SEPARATORS)  # a telephone-subscriber
-    return user or None
+    return Callee(user, uri.host.lower() or None, source) if user else None
 
 
-def _address_user(value: str) -> str | None:
-    """Return the URI user part of a name-addr/addr-spec header value, or None."""
+def _address_callee(value: str, source: str) -> Callee | None:
+    """The callee named by a name-addr/addr-spec header value, or None."""
     try:
-        return _uri_user(parse_name_addr(value).uri)
+        return _uri_callee(parse_name_addr(value).uri, source)
     except InvalidHeader:
         return None
 
 
-def _first_diversion(request: Request) -> str | None:
-    """User part of the first (topmost) Diversion entry."""
+def _first_diversion(request: Request) -> Callee | None:
+    """The first (topmost) Diversion entry."""
     entries = header_values(request.headers, "Diversion")
-    return _address_user(entries[0]) if entries else None
+    return _address_callee(entries[0], "diversion") if entries else None
 
 
 def _index_key(position: int, value: str) -> tuple[int, tuple[int, ...], int]:
@@ -52,61 +62,54 @@ def _index_key(position: int, value: str) -> tuple[int, tuple[int, ...], int]:
     return (0, tuple(int(part) for part in index.split(".")), position)
 
 
-def _earliest_history_info(request: Request) -> str | None:
-    """User part of the History-Info entry with the lowest index."""
+def _earliest_history_info(request: Request) -> Callee | None:
+    """The History-Info entry with the lowest index."""
     entries = header_values(request.headers, "History-Info")
     if not entries:
         return None
     ranked = sorted(enumerate(entries), key=lambda pair: _index_key(*pair))
-    return _address_user(ranked[0][1])
+    return _address_callee(ranked[0][1], "history-info")
 
 
-def _to_user(request: Request) -> str | None:
-    """User part of the To URI."""
+def _to(request: Request) -> Callee | None:
+    """The To URI."""
     value = request.headers.get("To")
-    return None if value is None else _address_user(value)
+    return None if value is None else _address_callee(value, "to")
 
 
-def _request_uri_user(request: Request) -> str | None:
-    """User part of the Request-URI."""
-    return _uri_user(request.uri)
+def _request_uri(request: Request) -> Callee | None:
+    """The Request-URI."""
+    return _uri_callee(request.uri, "request-uri")
 
 
 # The sources of the callee, most authoritative first.
-_SOURCES: tuple[Callable[[Request], str | None], ...] = (
+_SOURCES: tuple[Callable[[Request], Callee | None], ...] = (
     _first_diversion,
     _earliest_history_info,
-    _to_user,
-    _request_uri_user,
+    _to,
+    _request_uri,
 )
+
+
+def find_callee(request: Request) -> Callee | None:
+    """The dialed extension and its domain, both from the first URI that names a user:
+    Diversion, else History-Info, else To, else Request-URI."""
+    # One URI for both: a call forwarded by one tenant's extension must not be filed under
+    # another tenant because the To header names that tenant's domain.
+    for source in _SOURCES:
+        callee = source(request)
+        if callee is not None:
+            return callee
+    return None
 
 
 def callee_extension(request: Request) -> str | None:
     """Return the dialed extension: Diversion, else History-Info, else To, else Request-URI."""
-    for source in _SOURCES:
-        user = source(request)
-        if user:
-            return user
-    return None
-
-
-def _uri_host(uri_text: str) -> str | None:
-    """Return the lower-cased host of a sip/sips URI, or None."""
-    try:
-        uri = parse_uri(uri_text)
-    except (InvalidUri, UnsupportedUriScheme):
-        return None
-    return uri.host.lower() if isinstance(uri, SipUri) else None
+    callee = find_callee(request)
+    return callee.extension if callee else None
 
 
 def request_domain(request: Request) -> str | None:
-    """Return the SIP domain the call is for: host of the To URI, else of the Request-URI."""
-    to = request.headers.get("To")
-    if to is not None:
-        try:
-            host = _uri_host(parse_name_addr(to).uri)
-        except InvalidHeader:
-            host = None
-        if host:
-            return host
-    return _uri_host(request.uri)
+    """Return the SIP domain the call is for: the host of the URI the extension came from."""
+    callee = find_callee(request)
+    return callee.domain if callee else None

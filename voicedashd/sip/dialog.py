@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from voicedashd.sip.callee import callee_extension, request_domain
+from voicedashd.sip.callee import find_callee
 from voicedashd.sip.fields import (
     InvalidHeader,
     cseq_of,
@@ -80,7 +80,7 @@ class Invite:
     caller_name: str | None
     callee: str
     callee_extension: str
-    domain: str | None
+    domain: str | None  # of the same URI as callee_extension (sip/callee.py)
     remote_target: str
     route_set: tuple[str, ...]
     offer: SessionDescription
@@ -140,6 +140,7 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
             parse_name_addr(route)
     except InvalidHeader as exc:
         raise InvalidInvite(400, f"Bad Request - unusable Record-Route: {exc}") from exc
+    callee = find_callee(request)
     return Invite(
         request=request,
         call_id=headers.get("Call-ID") or "",
@@ -150,8 +151,8 @@ def parse_invite(request: Request, *, transport: str) -> Invite:
         caller=_user_or_uri(remote.uri),
         caller_name=remote.display_name or None,
         callee=_user_or_uri(local.uri),
-        callee_extension=callee_extension(request) or "",
-        domain=request_domain(request),
+        callee_extension=callee.extension if callee else "",
+        domain=callee.domain if callee else None,
         remote_target=contact.uri if contact else remote.uri,
         route_set=route_set,
         offer=offer,

@@ -30,6 +30,7 @@ const END_REASONS = {
   media_timeout: "the audio stopped",
   shutdown: "the server was stopped",
   error: "an error",
+  interrupted: "the server stopped unexpectedly",
 };
 
 const $ = (id) => document.getElementById(id);
