@@ -18,9 +18,9 @@ from voicedashd.media.ports import PortsExhausted, RtpPortPool, SocketsUnavailab
 def descriptors_left(count: int) -> Iterator[None]:
     """Lower this process's soft RLIMIT_NOFILE so only `count` more descriptors can open."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    taken = {int(fd) for fd in os.listdir("/proc/self/fd")}
-    lowest_free = next(fd for fd in range(len(taken) + 1) if fd not in taken)
     # The kernel hands out the lowest free number and refuses one at or above the limit.
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + count, hard))
     try:
         yield
