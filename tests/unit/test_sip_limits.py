@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from voicedashd.config import SipConfig
+from voicedashd.metrics import Metrics
 from voicedashd.sip.limits import (
     REFUSALS_PER_SECOND,
     Decision,
@@ -11,6 +13,7 @@ from voicedashd.sip.limits import (
     TokenBucket,
     Verdict,
 )
+from voicedashd.sip.serve import Admission
 
 LIMITS = SourceLimits(rate=2.0, burst=3, max_transactions=5, refusal_window=10.0)
 
@@ -95,3 +98,34 @@ def test_refusals_across_sources_are_rate_limited_too() -> None:
         limiter.check(host, 0.0, limits)
         refused += limiter.check(host, 0.0, limits).verdict is Verdict.REFUSE
     assert refused == REFUSALS_PER_SECOND
+
+
+def sip_config(**keys: object) -> SipConfig:
+    return SipConfig.model_validate({"listen": "127.0.0.1:5060", **keys})
+
+
+def test_admission_spares_trusted_sources_and_follows_a_reload() -> None:
+    metrics = Metrics()
+    current = [sip_config(trusted=["127.0.0.1/32"], untrusted_rate_limit=1,
+                          untrusted_rate_burst=1, untrusted_max_transactions=1)]
+    admission = Admission(lambda: current[0], metrics)
+    assert all(admission.check("127.0.0.1", 0.0) is None for _ in range(100))
+    assert admission.check("127.0.0.5", 0.0) == Decision(Verdict.ADMIT)
+    admission.opened("t1", "127.0.0.5")
+    admission.opened("t2", "127.0.0.1")  # trusted: not counted
+    assert metrics.sip_untrusted_transactions._value.get() == 1
+    assert admission.check("127.0.0.6", 0.0) == Decision(Verdict.REFUSE, Reason.TRANSACTIONS)
+    assert admission.check("127.0.0.5", 0.0) == Decision(Verdict.REFUSE, Reason.RATE)
+    assert admission.check("127.0.0.5", 0.1) == Decision(Verdict.DROP, Reason.RATE)
+    limited = metrics.sip_untrusted_limited
+    assert limited.labels("rate", "refused")._value.get() == 1
+    assert limited.labels("rate", "dropped")._value.get() == 1
+    assert limited.labels("transactions", "refused")._value.get() == 1
+    admission.closed("t1")
+    admission.closed("t2")
+    assert metrics.sip_untrusted_transactions._value.get() == 0
+    # A reload that trusts 127.0.0.5 frees it at once; the new limits apply to the others.
+    current[0] = sip_config(trusted=["127.0.0.0/29"], untrusted_rate_burst=3)
+    assert admission.check("127.0.0.5", 0.2) is None
+    assert [admission.check("127.0.0.9", 0.2).verdict for _ in range(4)] == [  # type: ignore[union-attr]
+        Verdict.ADMIT] * 3 + [Verdict.REFUSE]
