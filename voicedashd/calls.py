@@ -258,7 +258,8 @@ class CallManager:
                 self._answer(call)
         except Exception:  # the call's setup boundary: a published call always ends
             log.exception("call_setup_failed", call_id=call.id)
-            self._perform(call, dialog.reject(500, "Server Internal Error"))
+            self._perform(call, dialog.reject(500, "Server Internal Error")
+                          or dialog.hang_up(EndReason.ERROR, trio.current_time()))
             self._finish(call, EndReason.ERROR)
 
     def _allocate_media(self, call: Call) -> RtpSockets | None:

@@ -244,6 +244,21 @@ async def test_no_media_resources_is_503_and_no_call(world: World, shortage: str
     assert world.invite().statuses[:2] == [100, 180]  # the next call goes ahead
 
 
+async def test_a_failure_after_the_call_is_published_answers_500_and_ends_it(
+        world: World) -> None:
+    class RingingFails(FakeTx):
+        def respond(self, response: Response) -> None:
+            if response.status == 180:
+                raise OSError("the 180 could not be sent")
+            super().respond(response)
+
+    tx = RingingFails(request("INVITE", body=SDP))
+    world.manager.handle_request(tx.request, PBX, tx)  # type: ignore[arg-type]
+    assert tx.statuses == [100, 500]
+    assert len(world.bus.registered) == 1 and world.bus.ended() == [EndReason.ERROR]
+    assert world.manager.active_calls() == [] and world.ports.in_use == []
+
+
 async def test_stop_while_ringing_answers_503_and_refuses_new_calls(world: World) -> None:
     with_answer_delay(world, 30.0)
     ringing = world.invite()
