@@ -7,7 +7,7 @@ import errno
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import structlog
@@ -33,10 +33,10 @@ ACCEPT_BACKOFF_MAX = 1.0
 class TcpLimits:
     """Caps on accepted SIP/TCP connections, read for each new connection or read."""
 
-    max_connections: int = 256
-    max_per_source: int = 16
-    idle_timeout: float = 300.0
-    trusted: Callable[[str], bool] = field(default=lambda host: False)
+    max_connections: int
+    max_per_source: int
+    idle_timeout: float
+    trusted: Callable[[str], bool]
 
     @classmethod
     def of(cls, sip: SipConfig) -> TcpLimits:
@@ -91,7 +91,7 @@ class Transport:
     """Sends bytes to a peer: our UDP socket, or the peer's TCP connection (opened if needed)."""
 
     def __init__(self, udp: socket.socket, tcp: list[trio.SocketListener], local: HostPort,
-                 metrics: Metrics, limits: Callable[[], TcpLimits] = TcpLimits) -> None:
+                 metrics: Metrics, limits: Callable[[], TcpLimits]) -> None:
         self._raw_udp = udp
         self._udp = trio.socket.from_stdlib_socket(udp)
         self._tcp_listeners = tcp
@@ -302,11 +302,15 @@ def _bind_error(listen: HostPort, exc: OSError) -> ListenerError:
 
 
 async def open_transport(listen: HostPort, metrics: Metrics | None = None,
-                         limits: Callable[[], TcpLimits] = TcpLimits) -> Transport:
+                         limits: Callable[[], TcpLimits] | None = None) -> Transport:
     """Bind the SIP UDP socket and TCP listeners on listen; ListenerError names the setting.
 
-    Without metrics the transport counts into a registry of its own (tests).
+    Without metrics the transport counts into a registry of its own, without limits it keeps
+    [sip]'s defaults (tests).
     """
+    if limits is None:
+        defaults = TcpLimits.of(SipConfig.model_construct(listen=listen))
+        limits = lambda: defaults  # noqa: E731
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.setblocking(False)
