@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -249,6 +250,36 @@ class RunningDaemon:
                     if text in message.split("\n"):
                         return message
                 await self._changed.wait()
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """The daemon's resident memory (VmRSS) in KiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+
+    def open_files(self) -> set[int]:
+        """The descriptor numbers the daemon has open."""
+        return {int(fd) for fd in os.listdir(f"/proc/{self.pid}/fd")}
+
+    def limit_open_files(self, spare: int) -> int:
+        """Lower the daemon's soft RLIMIT_NOFILE so only `spare` more descriptors can open.
+
+        The kernel hands out the lowest free number and refuses any at or above the soft limit:
+        the limit is put where exactly `spare` numbers below it are free. Returns the limit.
+        """
+        taken = self.open_files()
+        limit, free = 0, 0
+        while free < spare or limit in taken:
+            free += limit not in taken
+            limit += 1
+        _, hard = resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(self.pid, resource.RLIMIT_NOFILE, (limit, hard))
+        return limit
 
     def send_signal(self, signum: int) -> None:
         """Send a signal to the daemon."""

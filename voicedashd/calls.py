@@ -24,7 +24,7 @@ from .events import (
 )
 from .livecfg import LiveConfig
 from .media.dtmf import DtmfDigit
-from .media.ports import PortsExhausted, RtpPortPool, RtpSockets
+from .media.ports import PortsExhausted, RtpPortPool, RtpSockets, SocketsUnavailable
 from .media.sender import MediaClock
 from .media.session import discard_inbound, open_media_session, session_settings
 from .metrics import Metrics
@@ -62,6 +62,7 @@ log = structlog.get_logger(__name__)
 
 BYE_WAIT = 2.0
 RETRY_AFTER_STOPPING = "30"
+RETRY_AFTER_RESOURCES = "5"
 
 
 CallState = CallPhase  # where a call is, as the API and the hub show it
@@ -239,23 +240,41 @@ class CallManager:
         info = call_info(invite, tenant.name)
         call = Call(info=info, dialog=dialog, peer=peer, invite=tx)
         ringing = dialog.ring(trio.current_time())
+        if not dialog.terminated:
+            # A call exists only once its resources are held: refused here, nobody hears of it.
+            call.media = self._allocate_media(call)
+            if call.media is None:
+                ringing = dialog.reject(503, "Service Unavailable - no media resources",
+                                        headers=[("Retry-After", RETRY_AFTER_RESOURCES)])
         if dialog.terminated:  # refused before it rang: nobody was told of this call
             for action in ringing:
                 if isinstance(action, Respond):
                     tx.respond(action.response)
             return
         self._register(call)
-        self._perform(call, ringing)
         try:
-            call.media = self.ports.allocate()
+            self._perform(call, ringing)
+            if config.sip.answer_delay:
+                self._nursery.start_soon(self._answer_later, call, config.sip.answer_delay)
+            else:
+                self._answer(call)
+        except Exception:  # the call's setup boundary: a published call always ends
+            log.exception("call_setup_failed", call_id=call.id)
+            self._perform(call, dialog.reject(500, "Server Internal Error")
+                          or dialog.hang_up(EndReason.ERROR, trio.current_time()))
+            self._finish(call, EndReason.ERROR)
+
+    def _allocate_media(self, call: Call) -> RtpSockets | None:
+        """Take an RTP port pair for call, or None (logged, counted) when none can be had."""
+        try:
+            return self.ports.allocate()
         except PortsExhausted:
             log.error("rtp_ports_exhausted", call_id=call.id)
-            self._perform(call, dialog.reject(503, "Service Unavailable - no RTP ports"))
-            return
-        if config.sip.answer_delay:
-            self._nursery.start_soon(self._answer_later, call, config.sip.answer_delay)
-        else:
-            self._answer(call)
+            self.metrics.calls_refused.labels("rtp_ports").inc()
+        except SocketsUnavailable as exc:
+            log.error("call_resources_unavailable", call_id=call.id, error=str(exc))
+            self.metrics.calls_refused.labels("descriptors").inc()
+        return None
 
     def _in_dialog(self, call: Call | None, request: Request, tx: ServerTx) -> None:
         if call is None:
@@ -437,6 +456,7 @@ async def serve_calls(live: LiveConfig, bus: EventBus, metrics: Metrics, sip: Re
     media = live.current.media
     low, high = media.rtp_ports
     ports = RtpPortPool(media.address, low, high)
+    metrics.rtp_ports_free.set_function(lambda: ports.free)
     async with trio.open_nursery() as nursery:
         task_status.started(CallManager(live, bus, metrics, ports, sip, nursery,
                                         voicebot=voicebot))

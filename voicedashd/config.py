@@ -155,6 +155,12 @@ class SipConfig(_Section):
     public_address: str | None = None
     user_agent: str = "voicedashd"
     answer_delay: Duration = 0.0
+    untrusted_rate_limit: float = Field(default=5.0, gt=0, le=100_000)
+    untrusted_rate_burst: int = Field(default=20, ge=1, le=100_000)
+    untrusted_max_transactions: int = Field(default=256, ge=1, le=1_000_000)
+    max_tcp_connections: int = Field(default=256, ge=1, le=1_000_000)
+    max_tcp_connections_per_source: int = Field(default=16, ge=1, le=1_000_000)
+    tcp_idle_timeout: Duration = Field(default=300.0, gt=0)
 
     def trunk_for(self, host: str) -> TrunkConfig | None:
         """The first trunk whose sources contain a source address, or None."""
@@ -719,6 +725,12 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "sip.public_address": _LIVE,
     "sip.user_agent": _LIVE,
     "sip.answer_delay": _LIVE,
+    "sip.untrusted_rate_limit": _LIVE,
+    "sip.untrusted_rate_burst": _LIVE,
+    "sip.untrusted_max_transactions": _LIVE,
+    "sip.max_tcp_connections": _LIVE,
+    "sip.max_tcp_connections_per_source": _LIVE,
+    "sip.tcp_idle_timeout": _LIVE,
     "media.address": _RESTART,
     "media.rtp_ports": _RESTART,
     "media.timeout": _LIVE,

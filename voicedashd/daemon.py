@@ -31,7 +31,7 @@ from .readiness import CHECKS, Readiness
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
 from .sip.endpoint import SipClient
 from .sip.serve import serve_sip
-from .sip.transport import open_transport
+from .sip.transport import TcpLimits, open_transport
 from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
 
@@ -105,10 +105,12 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 bus = EventBus(store, metrics)
                 voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
                 # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.
-                sip_transport = await open_transport(config.sip.listen)
+                sip_transport = await open_transport(
+                    config.sip.listen, metrics, lambda: TcpLimits.of(live.current.sip))
                 sip_client = SipClient(sip_transport, advertised_host(config))
                 calls = await nursery.start(serve_calls, live, bus, metrics, sip_client, voicebot)
-                await nursery.start(serve_sip, sip_transport, calls, sip_client, metrics)
+                await nursery.start(serve_sip, sip_transport, calls, sip_client, metrics,
+                                    lambda: live.current.sip)
                 readiness.mark_up("sip")
                 authenticator = Authenticator(live, store)
                 api_deps = ApiDeps(live=live, store=store, metrics=metrics, readiness=readiness,

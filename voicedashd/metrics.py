@@ -42,6 +42,34 @@ class Metrics:
         self.sip_malformed = Counter(
             "voicedashd_sip_malformed", "SIP datagrams or stream messages that did not parse",
             registry=r)
+        self.sip_untrusted_limited = Counter(
+            "voicedashd_sip_untrusted_limited",
+            "SIP messages from untrusted sources not admitted, by reason (rate, transactions) "
+            "and action (refused: answered 403; dropped: unparsed, unanswered)",
+            ["reason", "action"], registry=r)
+        self.sip_untrusted_transactions = Gauge(
+            "voicedashd_sip_untrusted_transactions",
+            "Live SIP server transactions opened by untrusted sources", registry=r)
+        self.sip_tcp_connections = Gauge(
+            "voicedashd_sip_tcp_connections", "Accepted SIP/TCP connections open", registry=r)
+        self.sip_tcp_refused = Counter(
+            "voicedashd_sip_tcp_refused",
+            "SIP/TCP connections closed at once, by cap (total, per_source)", ["cap"],
+            registry=r)
+        self.sip_tcp_idle_closed = Counter(
+            "voicedashd_sip_tcp_idle_closed",
+            "SIP/TCP connections closed after sip.tcp_idle_timeout without data", registry=r)
+        self.sip_accept_errors = Counter(
+            "voicedashd_sip_accept_errors",
+            "SIP/TCP accepts that failed for lack of resources (EMFILE, ENFILE, ...); the "
+            "listener backed off", ["errno"], registry=r)
+        self.calls_refused = Counter(
+            "voicedashd_calls_refused",
+            "INVITEs answered 5xx because the call's resources could not be had, by reason "
+            "(rtp_ports, descriptors)", ["reason"], registry=r)
+        self.rtp_ports_free = Gauge(
+            "voicedashd_rtp_ports_free", "RTP port pairs of media.rtp_ports free to hand out",
+            registry=r)
         self.hub_connections = Gauge(
             "voicedashd_hub_connections", "Open WebSocket hub connections", registry=r)
         self.events_published = Counter(

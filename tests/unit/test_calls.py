@@ -18,7 +18,7 @@ from voicedashd.calls import CallManager, CallState, advertised_host, end_reason
 from voicedashd.config import Config, load_config
 from voicedashd.events import CallEnded, CallInfo, EndReason
 from voicedashd.livecfg import LiveConfig
-from voicedashd.media.ports import PortsExhausted
+from voicedashd.media.ports import PortsExhausted, SocketsUnavailable
 from voicedashd.metrics import Metrics
 from voicedashd.sip.fields import tag_of
 from voicedashd.sip.message import Request, Response
@@ -75,8 +75,11 @@ class FakePorts:
     address: str = "127.0.0.1"
     free: int = 1
     in_use: list[FakeSockets] = field(default_factory=list)
+    out_of_descriptors: bool = False
 
     def allocate(self) -> FakeSockets:
+        if self.out_of_descriptors:
+            raise SocketsUnavailable("cannot open an RTP socket: Too many open files")
         if self.free == 0:
             raise PortsExhausted("none left")
         self.free -= 1
@@ -242,10 +245,37 @@ async def test_refusals_before_ringing_never_reach_the_bus(world: World, config:
     assert world.bus.registered == [] and world.bus.events == []
 
 
-async def test_no_rtp_ports_is_503_and_ends_the_call_as_an_error(world: World) -> None:
-    world.ports.free = 0
-    assert world.invite().statuses == [100, 180, 503]
-    assert world.bus.ended() == [EndReason.ERROR]
+@pytest.mark.parametrize("shortage", ["rtp_ports", "descriptors"])
+async def test_no_media_resources_is_503_and_no_call(world: World, shortage: str) -> None:
+    if shortage == "rtp_ports":
+        world.ports.free = 0
+    else:
+        world.ports.out_of_descriptors = True
+    tx = world.invite()
+    assert tx.statuses == [100, 503]
+    assert tx.sent[-1].headers.get("Retry-After") == "5"
+    # The call never existed: nobody was told of it, nothing is active, no port is held.
+    assert world.bus.registered == [] and world.bus.events == []
+    assert world.manager.active_calls() == []
+    assert world.ports.in_use == []
+    assert world.manager.metrics.calls_refused.labels(shortage)._value.get() == 1
+    world.ports.free, world.ports.out_of_descriptors = 1, False
+    assert world.invite().statuses[:2] == [100, 180]  # the next call goes ahead
+
+
+async def test_a_failure_after_the_call_is_published_answers_500_and_ends_it(
+        world: World) -> None:
+    class RingingFails(FakeTx):
+        def respond(self, response: Response) -> None:
+            if response.status == 180:
+                raise OSError("the 180 could not be sent")
+            super().respond(response)
+
+    tx = RingingFails(request("INVITE", body=SDP))
+    world.manager.handle_request(tx.request, PBX, tx)  # type: ignore[arg-type]
+    assert tx.statuses == [100, 500]
+    assert len(world.bus.registered) == 1 and world.bus.ended() == [EndReason.ERROR]
+    assert world.manager.active_calls() == [] and world.ports.in_use == []
 
 
 async def test_stop_while_ringing_answers_503_and_refuses_new_calls(world: World) -> None:

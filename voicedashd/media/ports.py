@@ -8,9 +8,15 @@ from dataclasses import dataclass
 
 import trio
 
+from ..errors import RESOURCE_ERRNOS
+
 
 class PortsExhausted(Exception):
     """Every RTP port of the range is in use or unavailable."""
+
+
+class SocketsUnavailable(Exception):
+    """No socket can be made now (out of file descriptors or memory); the pool is unchanged."""
 
 
 @dataclass
@@ -42,26 +48,49 @@ class RtpPortPool:
         """How many pairs are allocated."""
         return len(self._in_use)
 
+    @property
+    def free(self) -> int:
+        """How many pairs can still be handed out."""
+        return len(self._free)
+
     def allocate(self) -> RtpSockets:
-        """Bind the next free pair; ports another process holds are skipped."""
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        """Bind the next free pair; ports another process holds are skipped.
+
+        Raises SocketsUnavailable (out of descriptors) or PortsExhausted; either way no port
+        and no socket is kept.
+        """
         for _ in range(len(self._free)):
             port = self._free.popleft()
-            rtp = socket.socket(family, socket.SOCK_DGRAM)
-            rtcp = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                # A numeric address binds at once: no resolver, nothing to wait for.
-                rtp.bind((self.address, port))
-                rtcp.bind((self.address, port + 1))
+                rtp, rtcp = self._bind_pair(port)
+            except SocketsUnavailable:
+                self._free.appendleft(port)  # nothing wrong with the port: it stays first
+                raise
             except OSError:
-                rtp.close()
-                rtcp.close()
                 self._free.append(port)
                 continue
             self._in_use.add(port)
             return RtpSockets(trio.socket.from_stdlib_socket(rtp),
                               trio.socket.from_stdlib_socket(rtcp), self.address, port)
         raise PortsExhausted(f"no free RTP port pair in media.rtp_ports for {self.address}")
+
+    def _bind_pair(self, port: int) -> tuple[socket.socket, socket.socket]:
+        """Two sockets bound on port and port + 1; nothing stays open if that fails."""
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        opened: list[socket.socket] = []
+        try:
+            for offset in (0, 1):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                opened.append(sock)
+                # A numeric address binds at once: no resolver, nothing to wait for.
+                sock.bind((self.address, port + offset))
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            if exc.errno in RESOURCE_ERRNOS:
+                raise SocketsUnavailable(f"cannot open an RTP socket: {exc.strerror}") from exc
+            raise
+        return opened[0], opened[1]
 
     def release(self, sockets: RtpSockets) -> None:
         """Close a pair and return its port to the pool."""

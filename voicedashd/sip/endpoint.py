@@ -41,6 +41,16 @@ RESOLVE_TIMEOUT = 2.0  # how long our BYE waits for its next hop's name to resol
 _CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+class TransactionWatch(Protocol):
+    """Told when a server transaction opens (with its source host) and when it ends."""
+
+    def opened(self, key: TransactionKey, host: str) -> None:
+        """A request from host opened the transaction key."""
+
+    def closed(self, key: TransactionKey) -> None:
+        """The transaction key ended."""
+
+
 class Core(Protocol):
     """The transaction user: what the endpoint hands requests and transaction outcomes to.
 
@@ -89,6 +99,7 @@ class SipEndpoint:
     nursery: trio.Nursery
     metrics: Metrics
     client: SipClient
+    watch: TransactionWatch | None = None
     _server: dict[TransactionKey, ServerTransactionRunner] = field(default_factory=dict)
     _invites_by_ack: dict[TransactionKey, TransactionKey] = field(default_factory=dict)
 
@@ -109,6 +120,15 @@ class SipEndpoint:
             self._handle_response(message)
         else:
             self._handle_request(message, peer)
+
+    def refuse(self, data: bytes, peer: Peer, status: int, reason: str) -> None:
+        """Answer a request with status without a transaction; anything else is dropped."""
+        try:
+            message = parse_message(data, datagram=not peer.reliable)
+        except SipParseError as exc:
+            message = exc.request
+        if isinstance(message, Request) and message.method != "ACK":
+            self._reply_statelessly(message, peer, status, reason)
 
     def _reply_statelessly(self, request: Request, peer: Peer, status: int, reason: str) -> None:
         self.metrics.sip_requests.labels(method_label(request.method), str(status)).inc()
@@ -152,6 +172,8 @@ class SipEndpoint:
         self._server[key] = runner
         if request.method == "INVITE":
             self._invites_by_ack[invite_ack_key(request)] = key
+        if self.watch is not None:
+            self.watch.opened(key, peer.host)
         self.nursery.start_soon(runner.run)
         handle = ServerTx(runner, self.metrics)
         problem = check_request(request)
@@ -171,6 +193,8 @@ class SipEndpoint:
         request = runner.tx.request
         if isinstance(action, Terminated):
             self._server.pop(runner.key, None)
+            if self.watch is not None:
+                self.watch.closed(runner.key)
             if request.method == "INVITE":
                 self._invites_by_ack.pop(invite_ack_key(request), None)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -12,16 +13,36 @@ from typing import Literal
 import structlog
 import trio
 
-from ..config import HostPort
-from ..errors import ListenerError
+from ..config import HostPort, SipConfig
+from ..errors import RESOURCE_ERRNOS, ListenerError
+from ..metrics import Metrics
 from .parser import SipParseError, StreamFramer
 
 log = structlog.get_logger(__name__)
 
 MAX_DATAGRAM = 65535
 UDP_BATCH = 64
-TCP_IDLE_TIMEOUT = 600.0
 TCP_OUTBOX = 256  # messages queued for one connection; a peer that far behind loses some
+# An accept that fails for lack of descriptors waits this long, doubling up to the maximum,
+# before trying again: a full process must not spin on a listener that stays readable.
+ACCEPT_BACKOFF = 0.05
+ACCEPT_BACKOFF_MAX = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    """Caps on accepted SIP/TCP connections, read for each new connection or read."""
+
+    max_connections: int
+    max_per_source: int
+    idle_timeout: float
+    trusted: Callable[[str], bool]
+
+    @classmethod
+    def of(cls, sip: SipConfig) -> TcpLimits:
+        """The limits [sip] sets."""
+        return cls(sip.max_tcp_connections, sip.max_tcp_connections_per_source,
+                   sip.tcp_idle_timeout, sip.is_trusted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +90,18 @@ def _ignore(data: bytes, peer: Peer) -> None:
 class Transport:
     """Sends bytes to a peer: our UDP socket, or the peer's TCP connection (opened if needed)."""
 
-    def __init__(self, udp: socket.socket, tcp: list[trio.SocketListener],
-                 local: HostPort) -> None:
+    def __init__(self, udp: socket.socket, tcp: list[trio.SocketListener], local: HostPort,
+                 metrics: Metrics, limits: Callable[[], TcpLimits]) -> None:
         self._raw_udp = udp
         self._udp = trio.socket.from_stdlib_socket(udp)
         self._tcp_listeners = tcp
         self.local = local
+        self._metrics = metrics
+        self._limits = limits
         self._nursery: trio.Nursery | None = None
         self._handler: MessageHandler = _ignore
         self._connections: dict[Peer, _Connection] = {}
+        self._accepted: Counter[str] = Counter()  # open accepted connections per source host
 
     @property
     def udp_port(self) -> int:
@@ -92,8 +116,8 @@ class Transport:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._serve_udp)
-                nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection,
-                                   self._tcp_listeners)
+                for listener in self._tcp_listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
                 log.info("sip_listening", listen=str(self.local), transports=["UDP", "TCP"])
                 task_status.started()
 
@@ -184,13 +208,59 @@ class Transport:
                     self._handler(data, Peer("UDP", address[0], address[1]))
             await trio.lowlevel.checkpoint()
 
-    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections until cancelled; out of descriptors, back off and retry."""
+        backoff = ACCEPT_BACKOFF
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in RESOURCE_ERRNOS:
+                        raise
+                    name = errno.errorcode.get(exc.errno or 0, "?")
+                    self._metrics.sip_accept_errors.labels(name).inc()
+                    if backoff == ACCEPT_BACKOFF:  # once per episode, not once per retry
+                        log.warning("sip_accept_failed", error=name, retry_in=backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                    continue
+                backoff = ACCEPT_BACKOFF
+                self._admit_connection(stream, nursery)
+
+    def _admit_connection(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        """Serve an accepted connection, or close it at once if its source is over a cap."""
+        try:
+            host, port = stream.socket.getpeername()[:2]
+        except OSError:  # reset before we looked
+            stream.socket.close()
+            return
+        limits = self._limits()
+        if not limits.trusted(host):
+            cap = None
+            if sum(self._accepted.values()) >= limits.max_connections:
+                cap = "total"
+            elif self._accepted[host] >= limits.max_per_source:
+                cap = "per_source"
+            if cap is not None:
+                stream.socket.close()
+                self._metrics.sip_tcp_refused.labels(cap).inc()
+                return
+        self._accepted[host] += 1
+        self._metrics.sip_tcp_connections.inc()
+        nursery.start_soon(self._serve_tcp_connection, stream, Peer("TCP", host, port))
+
+    async def _serve_tcp_connection(self, stream: trio.SocketStream, peer: Peer) -> None:
         """Serve one accepted TCP connection until it closes."""
-        host, port = stream.socket.getpeername()[:2]
-        peer = Peer("TCP", host, port)
-        conn = _Connection.of(stream)
-        self._connections[peer] = conn
-        await self._run_connection(conn, peer)
+        try:
+            conn = _Connection.of(stream)
+            self._connections[peer] = conn
+            await self._run_connection(conn, peer)
+        finally:
+            self._metrics.sip_tcp_connections.dec()
+            self._accepted[peer.host] -= 1
+            if self._accepted[peer.host] <= 0:
+                del self._accepted[peer.host]
 
     async def _run_connection(self, conn: _Connection, peer: Peer) -> None:
         """Write the connection's outbox while reading framed messages from it."""
@@ -209,9 +279,12 @@ class Transport:
         try:
             async with conn.stream:
                 while True:
-                    with trio.move_on_after(TCP_IDLE_TIMEOUT) as idle:
+                    with trio.move_on_after(self._limits().idle_timeout) as idle:
                         chunk = await conn.stream.receive_some(MAX_DATAGRAM)
-                    if idle.cancelled_caught or not chunk:
+                    if idle.cancelled_caught:
+                        self._metrics.sip_tcp_idle_closed.inc()
+                        return
+                    if not chunk:
                         return
                     for message in framer.feed(chunk):
                         self._handler(message, peer)
@@ -228,8 +301,16 @@ def _bind_error(listen: HostPort, exc: OSError) -> ListenerError:
     return ListenerError(f"sip.listen: cannot listen on {listen}: {reason}")
 
 
-async def open_transport(listen: HostPort) -> Transport:
-    """Bind the SIP UDP socket and TCP listeners on listen; ListenerError names the setting."""
+async def open_transport(listen: HostPort, metrics: Metrics | None = None,
+                         limits: Callable[[], TcpLimits] | None = None) -> Transport:
+    """Bind the SIP UDP socket and TCP listeners on listen; ListenerError names the setting.
+
+    Without metrics the transport counts into a registry of its own, without limits it keeps
+    [sip]'s defaults (tests).
+    """
+    if limits is None:
+        defaults = TcpLimits.of(SipConfig.model_construct(listen=listen))
+        limits = lambda: defaults  # noqa: E731
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.setblocking(False)
@@ -239,4 +320,4 @@ async def open_transport(listen: HostPort) -> Transport:
     except OSError as exc:
         udp.close()
         raise _bind_error(listen, exc) from None
-    return Transport(udp, listeners, listen)
+    return Transport(udp, listeners, listen, metrics or Metrics(), limits)
