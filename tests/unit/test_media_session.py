@@ -22,6 +22,7 @@ from voicedashd.media.session import (
     MediaSession,
     SessionSettings,
 )
+from voicedashd.metrics import Metrics
 
 SETTINGS = SessionSettings(rate=8000, timeout=60)
 # An RTCP receiver report with no report blocks (RFC 3550 §6.4.2).
@@ -128,7 +129,8 @@ async def test_a_failing_tick_ends_the_block_with_media_failed_from_its_error(
         answers = [answer]
         session = MediaSession(media, lambda: answers[-1], SETTINGS, clock=clock,
                                clock_nursery=clock_nursery, call_id="test",
-                               on_dtmf=lambda _: None)
+                               on_dtmf=lambda _: None, may_send_to=lambda _: True,
+                               metrics=Metrics())
         with trio.fail_after(10), capture_logs() as logs, \
                 pytest.raises(MediaFailed) as failed:
             async with session:
@@ -154,7 +156,8 @@ async def test_an_error_in_the_block_comes_out_as_raised_and_the_session_still_e
     async with ports_and_peer() as (media, peer, answer), trio.open_nursery() as clock_nursery:
         session = MediaSession(media, lambda: answer, settings, clock=clock,
                                clock_nursery=clock_nursery, call_id="test",
-                               on_dtmf=lambda _: None)
+                               on_dtmf=lambda _: None, may_send_to=lambda _: True,
+                               metrics=Metrics())
         cause = ValueError("in the pipeline")
         with trio.fail_after(10), pytest.raises(KeyError, match="bot bug") as raised:
             async with session:
