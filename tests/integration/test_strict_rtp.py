@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -395,3 +396,29 @@ def _drain(endpoint: Endpoint) -> None:
                 return
             endpoint.received.append((trio.current_time(), parse_rtp(data)))
 
+
+
+async def test_allowed_peers_reloads_for_the_next_call(tmp_path: Path) -> None:
+    """media.allowed_peers is read per call: after a reload that adds 127.0.0.9, a call whose
+    SDP names it gets our RTP from the start, where the call before got nothing."""
+    config = _config(tmp_path, trusted=("127.0.0.1/32",))
+    with trio.fail_after(60):
+        async with run_daemon(config.path) as daemon:
+            async with endpoints("127.0.0.9") as (refused,), \
+                    sip_call(config, *refused.address):
+                before = await daemon.wait_for_log("media_session_started")
+                with trio.move_on_after(0.5):  # 25 packets' time
+                    await refused.arrived.wait()
+            config.path.write_text(config.path.read_text().replace(
+                "[media]\n", '[media]\nallowed_peers = ["127.0.0.9/32"]\n', 1))
+            daemon.send_signal(signal.SIGHUP)
+            reloaded = await daemon.wait_for_log("config_reloaded")
+            mark = len(daemon.logs)
+            async with endpoints("127.0.0.9") as (advertised,), \
+                    sip_call(config, *advertised.address):
+                after = await daemon.wait_for_log("media_session_started", start=mark)
+                with trio.fail_after(10):
+                    await advertised.arrived.wait()
+    assert before["sending"] is False and after["sending"] is True
+    assert refused.received == []
+    assert "media.allowed_peers" in reloaded["applied"], reloaded
