@@ -321,6 +321,7 @@ class MediaSession:
     def receive_tick(self, now: float) -> None:
         """Read what arrived, release what the jitter buffer and DTMF timers let go, and end
         the session if nothing has arrived for settings.timeout."""
+        self._refresh()  # packets sent after a re-INVITE's answer are judged by its SDP
         self._read_all(now)
         if now >= self._rtcp_due:
             self._drop_rtcp(now)
