@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tests.harness import make_config
+from voicedashd.config import ConfigError, load_config
 from voicedashd.media.strict import PROBATION, DropLog, Source, StrictRtp, Verdict
 
 SDP: Source = ("192.168.1.20", 4000)  # a NAT'd phone's private address: never a source here
@@ -143,3 +147,36 @@ def test_drop_log_reports_the_first_drop_then_one_count_per_interval() -> None:
     reports = [(t / 50, n) for t in range(50 * 25) if (n := log.dropped(t / 50))]
     assert reports == [(0.0, 1), (10.0, 500), (20.0, 500)]
     assert log.pending == 249
+
+
+@pytest.mark.parametrize(
+    ("media", "expected"),
+    [
+        ('allowed_peers = ["10.0.0.0/33"]', "media.allowed_peers: not a CIDR: '10.0.0.0/33'"),
+        ('allowed_peers = "10.0.0.0/8"', "media.allowed_peers: expected a list of CIDRs"),
+        ('relearn_after = "5"', "media.relearn_after: not a duration"),
+        ('relearn_after = "50ms"', 'media.relearn_after: must be between "100ms" and "1h"'),
+        ('relearn_after = "2h"', 'media.relearn_after: must be between "100ms" and "1h"'),
+    ],
+)
+def test_strict_rtp_keys_are_validated_with_the_key_named(
+        tmp_path: Path, media: str, expected: str) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    config.path.write_text(config.path.read_text().replace("[media]\n", f"[media]\n{media}\n"))
+    with pytest.raises(ConfigError) as info:
+        load_config(config.path)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(expected), (
+        info.value.problems)
+
+
+def test_allowed_peers_holds_addresses_not_names(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.write()
+    config.path.write_text(config.path.read_text().replace(
+        "[media]\n", '[media]\nallowed_peers = ["192.0.2.0/24", "2001:db8::1"]\n'))
+    media = load_config(config.path).media
+    assert media.relearn_after == 5.0  # the default
+    assert media.is_allowed_peer("192.0.2.77") and media.is_allowed_peer("2001:db8::1")
+    assert not media.is_allowed_peer("192.0.3.1")
+    assert not media.is_allowed_peer("localhost")  # never looked up
