@@ -39,11 +39,11 @@ class StrictRtp:
 
     Before anything is learnt we send to the SDP address only if it is allowed (`sdp_allowed`:
     sip.trusted or media.allowed_peers), else nowhere. A source is learnt from `probation`
-    packets of one SSRC with consecutive sequence numbers, or at once if it is the SDP address
-    itself (as Asterisk prefers the negotiated target). Once learnt the source is locked: we
-    send there, and packets from anywhere else are dropped. A changed SDP address (re-INVITE)
-    starts learning afresh; a locked source silent for `relearn_after` may be replaced by a
-    new one passing probation.
+    packets of one SSRC with consecutive sequence numbers, or, while nothing is learnt, at once
+    if it is the SDP address itself (as Asterisk prefers the negotiated target). Once learnt,
+    the source is locked: we send there, and packets from anywhere else are dropped. A changed
+    SDP address (re-INVITE) starts learning afresh; a locked source silent for `relearn_after`
+    may be replaced by a new one passing probation.
     """
 
     def __init__(self, sdp: Source, *, sdp_allowed: bool, relearn_after: float,
