@@ -19,6 +19,7 @@ from tests.harness import free_even_port_range
 from voicedashd.media.ports import RtpPortPool
 from voicedashd.media.sender import MediaClock
 from voicedashd.media.session import SessionSettings, discard_inbound, open_media_session
+from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 
 
@@ -32,7 +33,8 @@ async def main(peer_port: int) -> None:
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with trio.open_nursery() as nursery, open_media_session(
             media, lambda: answer, SessionSettings(timeout=3600), call_id="engine",
-            clock=MediaClock(), clock_nursery=nursery, on_dtmf=lambda digit: None) as session:
+            clock=MediaClock(), clock_nursery=nursery, on_dtmf=lambda digit: None,
+            may_send_to=lambda host: True, metrics=Metrics()) as session:
         nursery.start_soon(discard_inbound, session)
         print(media.port, flush=True)
         while await stdin.receive_some():

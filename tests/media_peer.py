@@ -12,6 +12,7 @@ from voicedashd.media.dtmf import DtmfDigit
 from voicedashd.media.ports import RtpPortPool, RtpSockets
 from voicedashd.media.sender import MediaClock
 from voicedashd.media.session import MediaSession, SessionSettings
+from voicedashd.metrics import Metrics
 from voicedashd.sip.sdp import Answer
 
 
@@ -36,10 +37,12 @@ async def ports_and_peer() -> AsyncIterator[tuple[RtpSockets, trio.socket.Socket
 @asynccontextmanager
 async def session_with_peer(settings: SessionSettings, digits: list[DtmfDigit] | None = None,
                    answers: list[Answer] | None = None, clock: MediaClock | None = None,
+                   allowed: tuple[str, ...] = ("127.0.0.1",), metrics: Metrics | None = None,
                    ) -> AsyncIterator[tuple[MediaSession, trio.socket.SocketType, RtpSockets]]:
     """A session on a real RTP port whose SDP peer is a UDP socket on 127.0.0.1.
 
-    The call's current SDP answer is the last of `answers` (append one for a re-INVITE).
+    The call's current SDP answer is the last of `answers` (append one for a re-INVITE);
+    RTP may go to the SDP addresses in `allowed` before the peer's packets arrive.
     """
     sink = digits if digits is not None else []
     history = answers if answers is not None else []
@@ -48,5 +51,6 @@ async def session_with_peer(settings: SessionSettings, digits: list[DtmfDigit] |
         async with trio.open_nursery() as clock_nursery, MediaSession(
                 media, lambda: history[-1], settings, call_id="test",
                 clock=clock or MediaClock(), clock_nursery=clock_nursery,
-                on_dtmf=sink.append) as session:
+                on_dtmf=sink.append, may_send_to=allowed.__contains__,
+                metrics=metrics or Metrics()) as session:
             yield session, peer, media

@@ -409,7 +409,8 @@ class CallManager:
         async with open_media_session(call.media, lambda: dialog.answer_sdp,
                                       session_settings(config, call.id), call_id=call.id,
                                       clock=self.media_clock, clock_nursery=self._nursery,
-                                      on_dtmf=on_dtmf) as session:
+                                      on_dtmf=on_dtmf, may_send_to=self._may_send_media_to,
+                                      metrics=self.metrics) as session:
             if self.voicebot is None:
                 await discard_inbound(session)
             else:  # returns only if the bot hung up; raises if it failed
@@ -418,6 +419,12 @@ class CallManager:
         if session.timed_out:
             call.end_reason = EndReason.MEDIA_TIMEOUT
             log.warning("call_media_timeout", call_id=call.id, timeout=config.timeout)
+
+    def _may_send_media_to(self, host: str) -> bool:
+        """Whether RTP may go to host before its packets arrive (strict RTP): the live
+        sip.trusted or media.allowed_peers."""
+        config = self.live.current
+        return config.sip.is_trusted(host) or config.media.is_allowed_peer(host)
 
     async def _send_bye(self, call: Call, bye: SendRequest) -> None:
         """Send our BYE and wait briefly for its answer; a crossing BYE finds the dialog."""

@@ -174,14 +174,45 @@ class SipConfig(_Section):
         return any(address in net for net in self.trusted) or self.trunk_for(host) is not None
 
 
+def parse_media_peers(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Parse media.allowed_peers: a list of CIDRs."""
+    if not isinstance(value, list | tuple):
+        raise ValueError('expected a list of CIDRs such as ["192.0.2.0/24"]')
+    nets = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"not a CIDR: {item!r}") from None
+    return tuple(nets)
+
+
 class MediaConfig(_Section):
-    """[media]: RTP address and ports, media timeout, jitter buffer, optional recording."""
+    """[media]: RTP address and ports, media timeout, jitter buffer, strict RTP, recording."""
 
     address: str = "127.0.0.1"
     rtp_ports: Annotated[tuple[int, int], BeforeValidator(parse_port_range)] = (20000, 20999)
     timeout: Duration = 30.0
     jitter_buffer: Duration = 0.06
+    allowed_peers: Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+                             BeforeValidator(parse_media_peers)] = ()
+    relearn_after: Duration = 5.0
     record_dir: Path | None = None
+
+    @field_validator("relearn_after")
+    @classmethod
+    def _relearn_after(cls, value: float) -> float:
+        if not 0.1 <= value <= 3600:
+            raise ValueError(f'must be between "100ms" and "1h", got {value:g}s')
+        return value
+
+    def is_allowed_peer(self, host: str) -> bool:
+        """Whether host (an IP literal) lies in media.allowed_peers."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self.allowed_peers)
 
     @field_validator("jitter_buffer")
     @classmethod
@@ -735,6 +766,8 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "media.rtp_ports": _RESTART,
     "media.timeout": _LIVE,
     "media.jitter_buffer": _LIVE,
+    "media.allowed_peers": _LIVE,
+    "media.relearn_after": _LIVE,
     "media.record_dir": _LIVE,
     "api.listen": _RESTART,
     "api.cors_origins": _LIVE,

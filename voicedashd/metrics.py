@@ -102,6 +102,13 @@ class Metrics:
         self.speech_skipped = Counter(
             "voicedashd_speech_skipped",
             "Interim recognitions skipped because every speech worker was busy", registry=r)
+        self.rtp_dropped = Counter(
+            "voicedashd_rtp_dropped_packets",
+            "Inbound RTP packets dropped by strict RTP, by reason: foreign_source (not from "
+            "the call's learnt source), probation (from a source not learnt yet)", ["reason"],
+            registry=r)
+        for reason in ("foreign_source", "probation"):
+            self.rtp_dropped.labels(reason=reason)
         self.asyncio_tasks = Gauge(
             "voicedashd_asyncio_tasks", "Tasks on the asyncio loop that hosts the pipelines",
             registry=r)

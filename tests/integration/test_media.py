@@ -34,6 +34,7 @@ from voicedashd.media.session import (
     PcmFrame,
     SessionSettings,
 )
+from voicedashd.media.strict import PROBATION
 from voicedashd.sip.sdp import Answer
 
 SENTENCE = "Good morning. Could you tell me when the office opens on Saturday?"
@@ -313,7 +314,8 @@ async def test_outbound_stream_is_paced_at_20_ms() -> None:
 
 
 async def test_rtp_is_sent_where_the_peer_really_sends_from(tmp_path: Path) -> None:
-    """Symmetric RTP: once the peer's packets come from another port, ours follow them there."""
+    """Symmetric RTP: once the peer's packets come from another port (and pass strict RTP's
+    probation), ours follow them there."""
     config = _config(tmp_path)
     (advertised, plain), (actual, _) = _timestamped_socket(), _timestamped_socket()
     await advertised.bind(("127.0.0.1", 0))
@@ -322,9 +324,11 @@ async def test_rtp_is_sent_where_the_peer_really_sends_from(tmp_path: Path) -> N
             _call(config, advertised.getsockname()[1]) as daemon_port:
         with trio.fail_after(5):
             _, first = await _receive_stamped(advertised)
-        packet = RtpPacket(payload_type=0, sequence=7, timestamp=1234, ssrc=0xC0FFEE,
-                           payload=PCMU.silence_frame(160))
-        await actual.sendto(packet.to_bytes(), ("127.0.0.1", daemon_port))
+        for index in range(PROBATION):
+            packet = RtpPacket(payload_type=0, sequence=7 + index, timestamp=1234 + 160 * index,
+                               ssrc=0xC0FFEE, payload=PCMU.silence_frame(160))
+            await actual.sendto(packet.to_bytes(), ("127.0.0.1", daemon_port))
+            await trio.sleep(0.02)  # paced like a real stream: a burst is not learnt
         with trio.fail_after(5):
             _, moved = await _receive_stamped(actual)
         # What the advertised port got before the move, and the moved stream, are one stream.
@@ -337,8 +341,8 @@ async def test_rtp_is_sent_where_the_peer_really_sends_from(tmp_path: Path) -> N
         after = parse_rtp(moved)
         assert after.ssrc == before[-1].ssrc
         assert after.sequence == (before[-1].sequence + 1) % 65536
-        latched = await daemon.wait_for_log("rtp_peer_latched")
-        assert latched["port"] == actual.getsockname()[1]
+        learnt = await daemon.wait_for_log("rtp_source_learnt")
+        assert learnt["port"] == actual.getsockname()[1]
     advertised.close()
     actual.close()
 

@@ -10,11 +10,14 @@ import traceback
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 from structlog.testing import capture_logs
 
 from tests.media_peer import ports_and_peer, session_with_peer
+from voicedashd.media.g711 import PCMU
+from voicedashd.media.rtp import RtpPacket, parse_rtp
 from voicedashd.media.sender import MediaClock
 from voicedashd.media.session import (
     RTCP_READ_INTERVAL,
@@ -22,6 +25,8 @@ from voicedashd.media.session import (
     MediaSession,
     SessionSettings,
 )
+from voicedashd.media.strict import PROBATION
+from voicedashd.metrics import Metrics
 
 SETTINGS = SessionSettings(rate=8000, timeout=60)
 # An RTCP receiver report with no report blocks (RFC 3550 §6.4.2).
@@ -128,7 +133,8 @@ async def test_a_failing_tick_ends_the_block_with_media_failed_from_its_error(
         answers = [answer]
         session = MediaSession(media, lambda: answers[-1], SETTINGS, clock=clock,
                                clock_nursery=clock_nursery, call_id="test",
-                               on_dtmf=lambda _: None)
+                               on_dtmf=lambda _: None, may_send_to=lambda _: True,
+                               metrics=Metrics())
         with trio.fail_after(10), capture_logs() as logs, \
                 pytest.raises(MediaFailed) as failed:
             async with session:
@@ -154,7 +160,8 @@ async def test_an_error_in_the_block_comes_out_as_raised_and_the_session_still_e
     async with ports_and_peer() as (media, peer, answer), trio.open_nursery() as clock_nursery:
         session = MediaSession(media, lambda: answer, settings, clock=clock,
                                clock_nursery=clock_nursery, call_id="test",
-                               on_dtmf=lambda _: None)
+                               on_dtmf=lambda _: None, may_send_to=lambda _: True,
+                               metrics=Metrics())
         cause = ValueError("in the pipeline")
         with trio.fail_after(10), pytest.raises(KeyError, match="bot bug") as raised:
             async with session:
@@ -207,3 +214,84 @@ async def test_a_recording_the_disk_refuses_ends_the_recording_not_the_call() ->
     assert [(e["event"], e["log_level"], e.get("exc_info")) for e in failed] == [
         ("media_recording_failed", "error", True)]
     assert session.error is None and session.stats.inbound.packets >= 0.9 * 125
+
+
+# -- strict RTP in a session (the learning itself: tests/unit/test_strict_rtp.py) ----------
+
+
+def _packet(seq: int, *, ssrc: int, payload_type: int = 0, payload: bytes = b"\xff" * 160,
+            marker: bool = False) -> bytes:
+    return RtpPacket(payload_type=payload_type, sequence=seq % 65536, timestamp=seq * 160,
+                     ssrc=ssrc, payload=payload, marker=marker).to_bytes()
+
+
+async def _udp(host: str) -> trio.socket.SocketType:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((host, 0))
+    return sock
+
+
+async def test_a_strangers_audio_and_digits_are_dropped_and_counted(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Once the peer is learnt, packets from 127.0.0.2 (even with the peer's SSRC) reach
+    neither the audio nor DTMF, nothing is sent back to it, and one line is logged."""
+    metrics, digits = Metrics(), []
+    loud = PCMU.encode(np.full(160, 8000, dtype=np.int16))
+    # RFC 4733: digit 5, end bit set, 160 samples, sent three times as senders do
+    dtmf_end = bytes([5, 0x80 | 10]) + struct.pack("!H", 160)
+    stranger = await _udp("127.0.0.2")
+    with trio.fail_after(10), capture_logs() as logs:
+        async with session_with_peer(SessionSettings(rate=8000, timeout=60), digits=digits,
+                                     metrics=metrics) as (session, peer, media):
+            target, peer_port = ("127.0.0.1", media.port), peer.getsockname()[1]
+            for seq in range(3):
+                await peer.sendto(_packet(seq, ssrc=1), target)
+            await trio.sleep(0.1)
+            for seq in range(3, 23):
+                await stranger.sendto(_packet(seq, ssrc=1, payload=loud), target)
+            for seq in range(23, 26):
+                await stranger.sendto(_packet(seq, ssrc=1, payload_type=101,
+                                              payload=dtmf_end, marker=seq == 23), target)
+            await trio.sleep(0.1)
+            for seq in range(3, 6):
+                await peer.sendto(_packet(seq, ssrc=1), target)
+            frames = [await session.inbound.receive() for _ in range(6)]
+            await trio.sleep(1)
+            assert not _waiting(stranger)
+    stranger.close()
+    assert all(abs(int(s)) < 100 for f in frames for s in f.samples), "a loud frame got in"
+    assert digits == []
+    assert session.stats.inbound.packets == 6
+    assert session.stats.foreign == 23 and session.stats.probation == 0
+    assert metrics.registry.get_sample_value(
+        "voicedashd_rtp_dropped_packets_total", {"reason": "foreign_source"}) == 23
+    lines = [e for e in logs if e["event"] == "rtp_foreign_source_dropped"]
+    assert [(e["address"], e["dropped"], e["learnt_port"]) for e in lines] == [
+        ("127.0.0.2", 1, peer_port)]
+    ended = next(e for e in logs if e["event"] == "media_session_ended")
+    assert ended["rtp_foreign"] == 23
+
+
+async def test_nothing_goes_to_an_sdp_address_not_allowed_until_a_source_is_learnt(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The SDP peer is not allowed: the clock ticks but sends nothing anywhere; a source on
+    another port passes probation and from then on gets the stream, from its first packet."""
+    phone = await _udp("127.0.0.1")
+    phone_address = phone.getsockname()
+    with trio.fail_after(10), capture_logs() as logs:
+        async with session_with_peer(SETTINGS, allowed=()) as (session, peer, media):
+            await trio.sleep(1)
+            assert session.peer is None and not _waiting(peer) and not _waiting(phone)
+            assert session.stats.sender.silence == 0 and session.stats.sender.skipped == 0
+            for seq in range(PROBATION):
+                await phone.sendto(_packet(seq, ssrc=9), ("127.0.0.1", media.port))
+                await trio.sleep(0.02)
+            first = parse_rtp(await phone.recv(2048))
+            assert session.peer == phone_address
+            await trio.sleep(0.5)
+            assert not _waiting(peer)
+    phone.close()
+    assert first.marker
+    assert session.stats.probation == PROBATION - 1 and session.stats.inbound.packets == 1
+    learnt = [e for e in logs if e["event"] == "rtp_source_learnt"]
+    assert [(e["address"], e["port"]) for e in learnt] == [phone_address]

@@ -96,7 +96,9 @@ class Harness:
         try:
             async with MediaSession(media, lambda: answer, SessionSettings(timeout=60),
                                     clock=self.clock, clock_nursery=self.nursery,
-                                    call_id=name, on_dtmf=lambda _: None) as session, \
+                                    call_id=name, on_dtmf=lambda _: None,
+                                    may_send_to=lambda _: True,
+                                    metrics=self.metrics) as session, \
                     trio.open_nursery() as caller:
                 caller.start_soon(_send_silence, peer, media.port)
                 yield info, session

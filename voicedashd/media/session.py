@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import structlog
 import trio
 
 from ..config import MediaConfig
+from ..metrics import Metrics
 from ..sip.sdp import HOLD_ADDRESSES, Answer
 from .dtmf import DtmfDigit
 from .g711 import Pcm, codec_named
@@ -26,6 +28,7 @@ from .record import WavRecorder
 from .resample import Resampler
 from .rtp import InboundStats, InboundStream, MalformedRtp, RtpPacket, parse_rtp
 from .sender import MediaClock, RtpSender, SenderStats
+from .strict import DropLog, Source, StrictRtp, Verdict
 
 log = structlog.get_logger(__name__)
 
@@ -64,11 +67,13 @@ class PcmFrame:
 
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
-    """How a session behaves: media timeout, jitter buffer, PCM rate, optional recording."""
+    """How a session behaves: media timeout, jitter buffer, PCM rate, strict RTP's silence
+    before a new source may be learnt, optional recording."""
 
     timeout: float = 30.0
     jitter: float = 0.06
     rate: int = PIPELINE_RATE
+    relearn_after: float = 5.0
     record_to: Path | None = None
 
 
@@ -79,7 +84,7 @@ def session_settings(config: MediaConfig, call_id: str) -> SessionSettings:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         record_to = config.record_dir / f"{stamp}-{call_id}.wav"
     return SessionSettings(timeout=config.timeout, jitter=config.jitter_buffer,
-                           record_to=record_to)
+                           relearn_after=config.relearn_after, record_to=record_to)
 
 
 @dataclass(slots=True)
@@ -91,6 +96,8 @@ class SessionStats:
     sender: SenderStats
     frames_dropped: int = 0
     send_errors: int = 0
+    foreign: int = 0
+    probation: int = 0
 
     def as_log(self) -> dict[str, Any]:
         """Flat key/values for the media_session_ended log line."""
@@ -101,6 +108,7 @@ class SessionStats:
             "ssrc_changes": self.inbound.ssrc_changes, "frames_dropped": self.frames_dropped,
             "rtp_out_audio": self.sender.audio, "rtp_out_silence": self.sender.silence,
             "rtp_out_skipped": self.sender.skipped, "send_errors": self.send_errors,
+            "rtp_foreign": self.foreign, "rtp_probation": self.probation,
         }
 
 
@@ -113,14 +121,18 @@ class MediaSession:
     on_dtmf. The shared MediaClock drives the socket work while the session's `async with`
     block runs (clock_nursery hosts the clock's loop if it is not running yet).
 
-    If inbound RTP stops for settings.timeout the block is cancelled and exits normally with
-    `timed_out` set; if the session's tick fails, the block is cancelled and MediaFailed is
-    raised from the tick's error when it exits (in the call's task).
+    Strict RTP (media/strict.py): before the peer's packets arrive we send to its SDP address
+    only if may_send_to(address) (sip.trusted, media.allowed_peers), else nothing; inbound
+    packets count only from the source learnt from them, the rest are dropped and counted in
+    metrics. If accepted RTP stops for settings.timeout the block is cancelled and exits
+    normally with `timed_out` set; if the session's tick fails, the block is cancelled and
+    MediaFailed is raised from the tick's error when it exits (in the call's task).
     """
 
     def __init__(self, sockets: RtpSockets, answer: Callable[[], Answer | None],
                  settings: SessionSettings, *, clock: MediaClock, clock_nursery: trio.Nursery,
-                 call_id: str, on_dtmf: Callable[[DtmfDigit], None]) -> None:
+                 call_id: str, on_dtmf: Callable[[DtmfDigit], None],
+                 may_send_to: Callable[[str], bool], metrics: Metrics) -> None:
         first = answer()
         if first is None:
             raise ValueError("a media session needs the call's SDP answer")
@@ -145,8 +157,14 @@ class MediaSession:
         self._send_errors = 0
         self._last_rtp = 0.0
         self._answer = first
-        self._destination: tuple[str, int] = (first.remote_address, first.remote_port)
-        self._latched: tuple[str, int] | None = None
+        self._may_send_to = may_send_to
+        sdp = _sdp_source(first)
+        self._strict = StrictRtp(sdp, sdp_allowed=may_send_to(sdp[0]),
+                                 relearn_after=settings.relearn_after)
+        self._foreign_log = DropLog()
+        self._dropped = {verdict: metrics.rtp_dropped.labels(reason=verdict.value)
+                         for verdict in (Verdict.FOREIGN, Verdict.PROBATION)}
+        self._drops = {Verdict.FOREIGN: 0, Verdict.PROBATION: 0}
         self._scope = trio.CancelScope()
         self._apply(first)
         self.recorder = (None if settings.record_to is None else
@@ -166,8 +184,10 @@ class MediaSession:
         """Start the recorder and join the clock; the media runs until the block exits."""
         if self._running is not None:
             raise RuntimeError("a media session runs once")
+        sdp = self._strict.sdp
         log.info("media_session_started", call_id=self.call_id, port=self._sockets.port,
-                 codec=self._codec.name, address=self.peer[0], peer_port=self.peer[1])
+                 codec=self._codec.name, address=sdp[0], peer_port=sdp[1],
+                 sending=self.peer is not None)
         # Unwound in reverse on exit: the scope catches our own cancel (timeout, failure),
         # then the session ends, then the recorder finishes its file, then the handles close.
         async with AsyncExitStack() as stack:
@@ -238,12 +258,13 @@ class MediaSession:
     def stats(self) -> SessionStats:
         """Counters so far."""
         return SessionStats(self._stream.stats, self._stream.jitter.stats, self._sender.stats,
-                            self._frames_dropped, self._send_errors)
+                            self._frames_dropped, self._send_errors,
+                            self._drops[Verdict.FOREIGN], self._drops[Verdict.PROBATION])
 
     @property
-    def peer(self) -> tuple[str, int]:
-        """Where RTP is sent: the source of the peer's packets once seen, else the SDP's."""
-        return self._latched or self._destination
+    def peer(self) -> Source | None:
+        """Where RTP is sent: the learnt source, else the SDP address if allowed, else None."""
+        return self._strict.target
 
     # -- SDP (re-INVITE) -----------------------------------------------------------------
 
@@ -254,6 +275,8 @@ class MediaSession:
             return
         self._answer = answer
         self._apply(answer)
+        sdp = _sdp_source(answer)
+        self._strict.sdp_changed(sdp, sdp_allowed=self._may_send_to(sdp[0]))
 
     def _apply(self, answer: Answer) -> None:
         codec = codec_named(answer.codec)
@@ -265,10 +288,6 @@ class MediaSession:
                 self._stream.audio_payload_type, self._stream.dtmf_payload_type):
             self._stream = InboundStream(answer.payload_type, answer.dtmf_payload_type,
                                          jitter_delay=self.settings.jitter)
-        destination = (answer.remote_address, answer.remote_port)
-        if destination != self._destination:
-            self._destination = destination
-            self._latched = None
         self._sender.paused = (answer.direction in ("recvonly", "inactive")
                                or answer.remote_address in HOLD_ADDRESSES
                                or answer.remote_port == 0)
@@ -285,19 +304,24 @@ class MediaSession:
         if self._sender.paused:
             self._sender.skip(1)
             return
+        target = self._strict.target
+        if target is None:  # nowhere we may send yet: wait, like on hold, for a learnt source
+            self._sender.skip(1)
+            return
         packet = self._sender.next_packet()
         sock = self._socket or self._open_rtp()
         try:
-            sock.sendto(packet, self.peer)
+            sock.sendto(packet, target)
         except OSError as exc:  # incl. a full send buffer: the packet is lost, as on the wire
             self._send_errors += 1
             if self._send_errors == 1:
-                log.warning("rtp_send_failed", call_id=self.call_id, address=self.peer[0],
-                            port=self.peer[1], error=str(exc))
+                log.warning("rtp_send_failed", call_id=self.call_id, address=target[0],
+                            port=target[1], error=str(exc))
 
     def receive_tick(self, now: float) -> None:
         """Read what arrived, release what the jitter buffer and DTMF timers let go, and end
         the session if nothing has arrived for settings.timeout."""
+        self._refresh()  # packets sent after a re-INVITE's answer are judged by its SDP
         self._read_all(now)
         if now >= self._rtcp_due:
             self._drop_rtcp(now)
@@ -333,9 +357,15 @@ class MediaSession:
             except MalformedRtp:
                 self._stream.stats.malformed += 1
                 continue
+            learnt = self._strict.learnt
+            verdict = self._strict.receive((source[0], source[1]), packet.ssrc,
+                                           packet.sequence, now)
+            if verdict is not Verdict.ACCEPT:
+                self._drop(verdict, source, now)
+                continue
+            if self._strict.learnt != learnt:
+                self._learnt(source)
             self._last_rtp = now
-            if source != self._latched:
-                self._latch(source)
             self._deliver(self._stream.push(packet, now))
 
     def _drop_rtcp(self, now: float) -> None:
@@ -353,11 +383,22 @@ class MediaSession:
         self._socket = _own_handle(self._sockets.rtp)
         return self._socket
 
-    def _latch(self, source: Any) -> None:
-        """Symmetric RTP (comedia): answer to where the peer's packets really come from."""
-        self._latched = (source[0], source[1])
-        log.info("rtp_peer_latched", call_id=self.call_id, address=source[0], port=source[1],
-                 sdp_address=self._destination[0], sdp_port=self._destination[1])
+    def _learnt(self, source: Any) -> None:
+        """Symmetric RTP (comedia): we answer to where the peer's packets really come from."""
+        sdp = self._strict.sdp
+        log.info("rtp_source_learnt", call_id=self.call_id, address=source[0], port=source[1],
+                 sdp_address=sdp[0], sdp_port=sdp[1])
+
+    def _drop(self, verdict: Verdict, source: Any, now: float) -> None:
+        """Count a packet strict RTP refused; foreign ones are logged, at most one line per
+        interval with the count since the last."""
+        self._drops[verdict] += 1
+        self._dropped[verdict].inc()
+        if verdict is Verdict.FOREIGN and (count := self._foreign_log.dropped(now)):
+            learnt = self._strict.learnt or ("", 0)
+            log.warning("rtp_foreign_source_dropped", call_id=self.call_id, address=source[0],
+                        port=source[1], dropped=count, learnt_address=learnt[0],
+                        learnt_port=learnt[1])
 
     def _deliver(self, items: Sequence[RtpPacket | DtmfDigit]) -> None:
         for item in items:
@@ -380,6 +421,15 @@ class MediaSession:
                 handle.close()
 
 
+def _sdp_source(answer: Answer) -> Source:
+    """The SDP's address and port, the address in the form the socket reports sources."""
+    try:
+        address = ipaddress.ip_address(answer.remote_address).compressed
+    except ValueError:  # a name: never allowed, never a packet's source
+        address = answer.remote_address
+    return address, answer.remote_port
+
+
 def _own_handle(sock: trio.socket.SocketType) -> socket.socket:
     """A non-blocking stdlib socket on a duplicate of a trio socket's descriptor."""
     handle = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
@@ -390,11 +440,12 @@ def _own_handle(sock: trio.socket.SocketType) -> socket.socket:
 def open_media_session(
     sockets: RtpSockets, answer: Callable[[], Answer | None], settings: SessionSettings, *,
     clock: MediaClock, clock_nursery: trio.Nursery, call_id: str,
-    on_dtmf: Callable[[DtmfDigit], None],
+    on_dtmf: Callable[[DtmfDigit], None], may_send_to: Callable[[str], bool], metrics: Metrics,
 ) -> MediaSession:
     """A call's media session, to run with `async with` (see MediaSession)."""
     return MediaSession(sockets, answer, settings, clock=clock, clock_nursery=clock_nursery,
-                        call_id=call_id, on_dtmf=on_dtmf)
+                        call_id=call_id, on_dtmf=on_dtmf, may_send_to=may_send_to,
+                        metrics=metrics)
 
 
 async def discard_inbound(session: MediaSession) -> None:
