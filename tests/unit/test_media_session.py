@@ -37,7 +37,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _waiting(sock: trio.socket.SocketType) -> bool:
+def _waiting(sock: socket.socket) -> bool:
     """Whether a datagram waits on the socket (peeked, not taken)."""
     with socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as handle:
         try:

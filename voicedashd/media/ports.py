@@ -6,8 +6,6 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 
-import trio
-
 from ..errors import RESOURCE_ERRNOS
 
 
@@ -21,10 +19,14 @@ class SocketsUnavailable(Exception):
 
 @dataclass
 class RtpSockets:
-    """A bound RTP socket on an even port and its RTCP socket on the next port."""
+    """A bound RTP socket on an even port and its RTCP socket on the next port (non-blocking).
 
-    rtp: trio.socket.SocketType
-    rtcp: trio.socket.SocketType
+    The media session reads and writes them from its clock tick, synchronously: holding the
+    descriptors here means a call needs no more of them once its ports are allocated.
+    """
+
+    rtp: socket.socket
+    rtcp: socket.socket
     address: str
     port: int
 
@@ -70,8 +72,7 @@ class RtpPortPool:
                 self._free.append(port)
                 continue
             self._in_use.add(port)
-            return RtpSockets(trio.socket.from_stdlib_socket(rtp),
-                              trio.socket.from_stdlib_socket(rtcp), self.address, port)
+            return RtpSockets(rtp, rtcp, self.address, port)
         raise PortsExhausted(f"no free RTP port pair in media.rtp_ports for {self.address}")
 
     def _bind_pair(self, port: int) -> tuple[socket.socket, socket.socket]:
@@ -82,6 +83,7 @@ class RtpPortPool:
             for offset in (0, 1):
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 opened.append(sock)
+                sock.setblocking(False)
                 # A numeric address binds at once: no resolver, nothing to wait for.
                 sock.bind((self.address, port + offset))
         except OSError as exc:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -173,8 +171,6 @@ class MediaSession:
         # clock's tick without a trip through the scheduler (the port pool owns the
         # originals). Made by the first tick that needs one: a call hung up at once needs none.
         self._sockets = sockets
-        self._socket: socket.socket | None = None
-        self._rtcp: socket.socket | None = None
         self._rtcp_due = 0.0
         self._running: AsyncExitStack | None = None
 
@@ -189,9 +185,9 @@ class MediaSession:
                  codec=self._codec.name, address=sdp[0], peer_port=sdp[1],
                  sending=self.peer is not None)
         # Unwound in reverse on exit: the scope catches our own cancel (timeout, failure),
-        # then the session ends, then the recorder finishes its file, then the handles close.
+        # then the session ends, then the recorder finishes its file. The sockets belong to the
+        # port pool, which closes them when the call releases its ports.
         async with AsyncExitStack() as stack:
-            stack.callback(self._close)
             if self.recorder is not None:
                 # A nursery only for the recorder's task: a call that records nothing needs none.
                 nursery = await stack.enter_async_context(trio.open_nursery())
@@ -309,7 +305,7 @@ class MediaSession:
             self._sender.skip(1)
             return
         packet = self._sender.next_packet()
-        sock = self._socket or self._open_rtp()
+        sock = self._sockets.rtp
         try:
             sock.sendto(packet, target)
         except OSError as exc:  # incl. a full send buffer: the packet is lost, as on the wire
@@ -346,7 +342,7 @@ class MediaSession:
 
     def _read_all(self, now: float) -> None:
         """Take the datagrams waiting on the socket (at most MAX_BURST per tick)."""
-        sock = self._socket or self._open_rtp()
+        sock = self._sockets.rtp
         for _ in range(MAX_BURST):
             try:
                 data, source = sock.recvfrom(RECV_SIZE)
@@ -371,17 +367,11 @@ class MediaSession:
     def _drop_rtcp(self, now: float) -> None:
         """Read and ignore RTCP (we send none; reading keeps the socket buffer empty)."""
         self._rtcp_due = now + RTCP_READ_INTERVAL
-        if self._rtcp is None:
-            self._rtcp = _own_handle(self._sockets.rtcp)
         for _ in range(MAX_BURST):  # beyond that a flood is dropped by the kernel, as we would
             try:
-                self._rtcp.recv(RECV_SIZE)
+                self._sockets.rtcp.recv(RECV_SIZE)
             except OSError:  # nothing waiting (or an ICMP error queued on the socket)
                 return
-
-    def _open_rtp(self) -> socket.socket:
-        self._socket = _own_handle(self._sockets.rtp)
-        return self._socket
 
     def _learnt(self, source: Any) -> None:
         """Symmetric RTP (comedia): we answer to where the peer's packets really come from."""
@@ -415,11 +405,6 @@ class MediaSession:
             except (trio.WouldBlock, trio.BrokenResourceError):
                 self._frames_dropped += 1
 
-    def _close(self) -> None:
-        for handle in (self._socket, self._rtcp):
-            if handle is not None:
-                handle.close()
-
 
 def _sdp_source(answer: Answer) -> Source:
     """The SDP's address and port, the address in the form the socket reports sources."""
@@ -428,13 +413,6 @@ def _sdp_source(answer: Answer) -> Source:
     except ValueError:  # a name: never allowed, never a packet's source
         address = answer.remote_address
     return address, answer.remote_port
-
-
-def _own_handle(sock: trio.socket.SocketType) -> socket.socket:
-    """A non-blocking stdlib socket on a duplicate of a trio socket's descriptor."""
-    handle = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-    handle.setblocking(False)
-    return handle
 
 
 def open_media_session(
