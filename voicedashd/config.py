@@ -123,6 +123,9 @@ def parse_networks(value: Any) -> tuple[Network, ...]:
     return tuple(nets)
 
 
+Networks = Annotated[tuple[Network, ...], BeforeValidator(parse_networks)]
+
+
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host)
@@ -134,8 +137,7 @@ class TrunkConfig(_Section):
     """[[sip.trunks]]: a PBX that sends calls from known addresses, optionally for one tenant."""
 
     name: str = Field(min_length=1)
-    sources: Annotated[tuple[Network, ...], BeforeValidator(parse_networks)] = Field(
-        min_length=1)
+    sources: Networks = Field(min_length=1)
     tenant: str | None = None
 
     def contains(self, host: str) -> bool:
@@ -148,7 +150,7 @@ class SipConfig(_Section):
     """[sip]: where the PBX reaches us and who may call."""
 
     listen: Listen
-    trusted: Annotated[tuple[Network, ...], BeforeValidator(parse_networks)] = (
+    trusted: Networks = (
         ipaddress.ip_network("127.0.0.0/8"),
     )
     trunks: tuple[TrunkConfig, ...] = ()
@@ -174,19 +176,6 @@ class SipConfig(_Section):
         return any(address in net for net in self.trusted) or self.trunk_for(host) is not None
 
 
-def parse_media_peers(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Parse media.allowed_peers: a list of CIDRs."""
-    if not isinstance(value, list | tuple):
-        raise ValueError('expected a list of CIDRs such as ["192.0.2.0/24"]')
-    nets = []
-    for item in value:
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise ValueError(f"not a CIDR: {item!r}") from None
-    return tuple(nets)
-
-
 class MediaConfig(_Section):
     """[media]: RTP address and ports, media timeout, jitter buffer, strict RTP, recording."""
 
@@ -194,8 +183,7 @@ class MediaConfig(_Section):
     rtp_ports: Annotated[tuple[int, int], BeforeValidator(parse_port_range)] = (20000, 20999)
     timeout: Duration = 30.0
     jitter_buffer: Duration = 0.06
-    allowed_peers: Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                             BeforeValidator(parse_media_peers)] = ()
+    allowed_peers: Networks = ()
     relearn_after: Duration = 5.0
     record_dir: Path | None = None
 
@@ -238,26 +226,13 @@ class ApiConfig(_Section):
     cors_origins: tuple[str, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: Networks = ()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
         return self
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _proxies(cls, value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise ValueError('expected a list of CIDRs such as ["10.0.0.5/32"]')
-        nets = []
-        for item in value:
-            try:
-                nets.append(ipaddress.ip_network(str(item), strict=False))
-            except ValueError:
-                raise ValueError(f"not a CIDR: {item!r}") from None
-        return tuple(nets)
 
 
 def normalize_origin(value: str) -> str:
