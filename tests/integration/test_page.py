@@ -404,7 +404,11 @@ async def test_expiring_tokens_are_refreshed_unnoticed_and_the_transcript_resume
 
             # Long after the first token lapsed, the API still answers the page.
             await page.click("#call-close")
-            await page.press(f'#history-list button[data-call-id="{call_id}"]')
+            # The history list is fetched again after call_ended: wait for the ended call in it.
+            entry = f'#history-list button[data-call-id="{call_id}"]'
+            await page.until("return document.querySelector(arguments[0]) !== null", entry,
+                             what="the ended call in the history list")
+            await page.press(entry)
             await page.until("return document.querySelectorAll('#transcript li.line.caller,"
                              " #transcript li.line.bot').length === arguments[0]", len(shown),
                              what="the stored transcript")
