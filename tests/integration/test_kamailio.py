@@ -183,7 +183,7 @@ async def test_busy_extension_is_forwarded_and_the_callers_bye_reaches_us_throug
 
                 async def call() -> None:
                     results["caller"] = await _caller(
-                        tmp_path, scene.proxy, "proxy_caller_hangs_up", "-d", "4000")
+                        tmp_path, scene.proxy, "proxy_caller_hangs_up", "-d", "6000")
 
                 nursery.start_soon(call)
                 started = await daemon.wait_for_log("call_started", timeout=20)
