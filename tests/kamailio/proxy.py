@@ -57,6 +57,7 @@ class RunningProxy:
         self.setup = setup
         self.lines: list[str] = []
         self._changed = trio.Event()
+        self.closed = trio.Event()  # its stderr ended: it has exited
 
     async def _read(self) -> None:
         assert self.process.stderr is not None
@@ -67,6 +68,7 @@ class RunningProxy:
             self.lines += [line.decode(errors="replace") for line in lines]
             self._changed.set()
             self._changed = trio.Event()
+        self.closed.set()
 
     def matching(self, *parts: str) -> list[str]:
         """The lines so far that contain every one of parts."""
@@ -84,12 +86,12 @@ class RunningProxy:
         return "\n".join(self.lines[-60:])
 
 
-async def _answers(host: str, port: int) -> None:
-    """Send OPTIONS until the proxy answers anything (this config answers it 405)."""
+async def _answers(process: trio.Process, host: str, port: int) -> bool:
+    """Send OPTIONS until the proxy answers anything (405 here): True, or False if it exited."""
     with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
         await sock.bind(("127.0.0.1", 0))
         local = sock.getsockname()[1]
-        while True:
+        while process.poll() is None:  # exited: a config error, said on stderr
             branch = f"z9hG4bK{secrets.token_hex(6)}"
             probe = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
                      f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch}\r\n"
@@ -99,7 +101,8 @@ async def _answers(host: str, port: int) -> None:
             await sock.sendto(probe.encode(), (host, port))
             with trio.move_on_after(0.2):  # not bound yet: the probe is lost, send another
                 await sock.recv(65535)
-                return
+                return True
+    return False
 
 
 @asynccontextmanager
@@ -117,11 +120,14 @@ async def run_kamailio(directory: Path, setup: ProxySetup) -> AsyncIterator[Runn
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(proxy._read)
-            try:
-                with trio.fail_after(START_TIMEOUT):
-                    await _answers(setup.host, setup.port)
-            except trio.TooSlowError:
-                raise AssertionError(f"kamailio did not answer:\n{proxy.dump()}") from None
+            answered = False
+            with trio.move_on_after(START_TIMEOUT):
+                answered = await _answers(process, setup.host, setup.port)
+            if not answered:
+                with trio.move_on_after(1):  # its last words (a config error) are on stderr
+                    await proxy.closed.wait()
+                raise AssertionError(f"kamailio did not answer ({process.returncode=}):\n"
+                                     f"{proxy.dump()}")
             yield proxy
             nursery.cancel_scope.cancel()
     finally:
