@@ -1,0 +1,1 @@
+"""Kamailio as the PBX-side proxy in the integration tests."""
