@@ -182,3 +182,29 @@ def _to_tag(message: str) -> str:
     assert match, message
     return match.group(1)
 
+
+
+async def test_listen_host_names_are_resolved_at_start_and_contact_names_the_address(
+        tmp_path: Path) -> None:
+    """`localhost` in every listen key: resolved from /etc/hosts (nothing leaves the host),
+    bound, and never written as a name."""
+    config = make_config(tmp_path)
+    config.write()
+    text = config.path.read_text()
+    for port in (config.sip_port, config.api_port, config.hub_port):
+        text = text.replace(f'listen = "127.0.0.1:{port}"', f'listen = "localhost:{port}"', 1)
+    config.path.write_text(text)
+    async with run_daemon(config.path) as daemon:
+        listening = await daemon.wait_for_log("sip_listening")
+        host = listening["listen"].rsplit(":", 1)[0].strip("[]")
+        assert host in ("127.0.0.1", "::1"), listening
+        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        sip = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+        with sip, trio.fail_after(15):
+            await sip.bind((host, 0))
+            call_id = f"{secrets.token_hex(6)}@names"
+            invite = _invite((host, config.sip_port), sip.getsockname()[1], 40000, call_id)
+            await sip.sendto(invite, (host, config.sip_port))  # answers go to our source
+            ringing = await _receive(sip, "180")
+            contact_host = "[::1]" if host == "::1" else host
+            assert header(ringing, "Contact") == f"<sip:{contact_host}:{config.sip_port}>"
