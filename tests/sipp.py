@@ -41,11 +41,12 @@ def sipp_binary() -> str:
 async def run_sipp(target_port: int, directory: Path, *, scenario: str | None = None,
                    builtin: str | None = None, calls: int = 1, rate: float = 10,
                    service: str = "1001", transport: str = "u1", local_ip: str = "127.0.0.1",
-                   extra: tuple[str, ...] = (), timeout: float = 60) -> SippResult:
+                   extra: tuple[str, ...] = (), timeout: float = 60,
+                   target_host: str = "127.0.0.1") -> SippResult:
     """Run sipp as a UAC against the daemon until its calls are done (or timeout)."""
     name = secrets.token_hex(3)
     error_file = directory / f"sipp-{name}.err"
-    args = [sipp_binary(), f"127.0.0.1:{target_port}", "-i", local_ip,
+    args = [sipp_binary(), f"{target_host}:{target_port}", "-i", local_ip,
             "-p", str(free_port()), "-t", transport, "-m", str(calls), "-r", str(rate),
             "-s", service, "-timeout", f"{int(timeout)}s", "-timeout_error",
             "-trace_err", "-error_file", str(error_file), "-nostdin", *extra]

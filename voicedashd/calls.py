@@ -11,7 +11,6 @@ import structlog
 import trio
 
 from .bus import EventBus
-from .config import Config
 from .events import (
     CallEnded,
     CallInfo,
@@ -28,6 +27,7 @@ from .media.ports import PortsExhausted, RtpPortPool, RtpSockets, SocketsUnavail
 from .media.sender import MediaClock
 from .media.session import discard_inbound, open_media_session, session_settings
 from .metrics import Metrics
+from .sip.advertise import media_host, uri_host
 from .sip.dialog import (
     ACK_TIMEOUT,
     Action,
@@ -78,6 +78,10 @@ _STATE_OF_DIALOG = {
 
 class Requests(Protocol):
     """What the calls need to send their own requests (our BYE): a `SipClient`."""
+
+    def local_host(self, peer_host: str) -> str:
+        """The address our Contact names for a peer (sip.public_address, else ours)."""
+        ...
 
     async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
         """Where a request to uri goes; NextHopUnresolved if its name is not resolved in time."""
@@ -206,9 +210,9 @@ class CallManager:
         return ("Server", self.live.current.sip.user_agent)
 
     def _contact(self, peer: Peer) -> str:
-        config = self.live.current
         suffix = ";transport=tcp" if peer.reliable else ""
-        return f"<sip:{advertised_host(config)}:{config.sip.listen.port}{suffix}>"
+        host = uri_host(self._sip.local_host(peer.host))
+        return f"<sip:{host}:{self.live.current.sip.listen.port}{suffix}>"
 
     def _invite(self, request: Request, peer: Peer, tx: ServerTx) -> None:
         tx.respond(make_response(request, 100, "Trying"))
@@ -294,8 +298,8 @@ class CallManager:
         """Send the 2xx with our media; the dialog's timers run until the ACK."""
         if call.media is None or call.dialog.state is not DialogState.EARLY:
             return
-        self._perform(call, call.dialog.answer(call.media.address, call.media.port,
-                                               trio.current_time()))
+        address = media_host(self.live.current.media, self._sip.local_host(call.peer.host))
+        self._perform(call, call.dialog.answer(address, call.media.port, trio.current_time()))
         self._nursery.start_soon(self._keep_timers, call)
 
     async def _keep_timers(self, call: Call) -> None:
@@ -469,12 +473,3 @@ async def serve_calls(live: LiveConfig, bus: EventBus, metrics: Metrics, sip: Re
                                         voicebot=voicebot))
         await trio.sleep_forever()  # the nursery stays open for calls yet to come
 
-
-def advertised_host(config: Config) -> str:
-    """The address we put in Via and Contact: public_address, else a concrete listen host."""
-    sip = config.sip
-    if sip.public_address:
-        return sip.public_address
-    if sip.listen.host in ("0.0.0.0", "::"):
-        return config.media.address
-    return sip.listen.host

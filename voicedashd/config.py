@@ -133,6 +133,21 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def parse_public_address(value: Any) -> str | None:
+    """An address we write for peers to reach us: an IP literal, not 0.0.0.0 or ::."""
+    if value is None:
+        return None
+    address = _address(str(value)) if isinstance(value, str) else None
+    if address is None:
+        raise ValueError(f"must be an IP address (names are never looked up), got {value!r}")
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"must be an address peers can reach, not {value!r}")
+    return str(address)
+
+
+PublicAddress = Annotated[str | None, BeforeValidator(parse_public_address)]
+
+
 class TrunkConfig(_Section):
     """[[sip.trunks]]: a PBX that sends calls from known addresses, optionally for one tenant."""
 
@@ -154,7 +169,7 @@ class SipConfig(_Section):
         ipaddress.ip_network("127.0.0.0/8"),
     )
     trunks: tuple[TrunkConfig, ...] = ()
-    public_address: str | None = None
+    public_address: PublicAddress = None
     user_agent: str = "voicedashd"
     answer_delay: Duration = 0.0
     untrusted_rate_limit: float = Field(default=5.0, gt=0, le=100_000)
@@ -180,6 +195,7 @@ class MediaConfig(_Section):
     """[media]: RTP address and ports, media timeout, jitter buffer, strict RTP, recording."""
 
     address: str = "127.0.0.1"
+    public_address: PublicAddress = None
     rtp_ports: Annotated[tuple[int, int], BeforeValidator(parse_port_range)] = (20000, 20999)
     timeout: Duration = 30.0
     jitter_buffer: Duration = 0.06
@@ -738,6 +754,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "sip.max_tcp_connections_per_source": _LIVE,
     "sip.tcp_idle_timeout": _LIVE,
     "media.address": _RESTART,
+    "media.public_address": _LIVE,
     "media.rtp_ports": _RESTART,
     "media.timeout": _LIVE,
     "media.jitter_buffer": _LIVE,

@@ -13,7 +13,7 @@ from .api.app import serve_api
 from .api.deps import ApiDeps
 from .auth import Authenticator
 from .bus import EventBus
-from .calls import advertised_host, serve_calls
+from .calls import serve_calls
 from .config import (
     Config,
     ConfigError,
@@ -107,7 +107,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.
                 sip_transport = await open_transport(
                     config.sip.listen, metrics, lambda: TcpLimits.of(live.current.sip))
-                sip_client = SipClient(sip_transport, advertised_host(config))
+                sip_client = SipClient(sip_transport, lambda: live.current.sip)
                 calls = await nursery.start(serve_calls, live, bus, metrics, sip_client, voicebot)
                 await nursery.start(serve_sip, sip_transport, calls, sip_client, metrics,
                                     lambda: live.current.sip)

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from tests.harness import make_config
-from voicedashd.calls import CallManager, CallState, advertised_host, end_reason
+from voicedashd.calls import CallManager, CallState, end_reason
 from voicedashd.config import Config, load_config
 from voicedashd.events import CallEnded, CallInfo, EndReason
 from voicedashd.livecfg import LiveConfig
@@ -113,6 +113,10 @@ class FakeSip:
     byes: list[tuple[Request, Peer]] = field(default_factory=list)
     hold: trio.Event | None = None
     unresolvable: bool = False  # the next hop's name times out
+    host: str = "127.0.0.2"  # what SipClient.local_host would give
+
+    def local_host(self, peer_host: str) -> str:
+        return self.host
 
     async def resolve(self, uri: str, dialog_peer: Peer) -> Peer:
         if self.unresolvable:
@@ -296,9 +300,34 @@ def test_end_reason_maps_dialog_reasons_and_treats_unknown_as_error() -> None:
     assert end_reason("rejected") is EndReason.ERROR
 
 
-def test_advertised_host_prefers_public_address_then_a_concrete_listen_host(
-        config: Config) -> None:
-    assert advertised_host(config) == "127.0.0.1"
-    public = dataclasses.replace(
-        config, sip=config.sip.model_copy(update={"public_address": "pbx.example"}))
-    assert advertised_host(public) == "pbx.example"
+def with_media(world: World, **update: Any) -> None:
+    live = world.manager.live
+    live.replace(dataclasses.replace(
+        live.current, media=live.current.media.model_copy(update=update)))
+
+
+@pytest.mark.parametrize(("media", "sdp_address"), [
+    ({}, "127.0.0.1"),                                      # media.address as bound
+    ({"public_address": "127.0.0.5"}, "127.0.0.5"),         # media.public_address wins
+    ({"address": "0.0.0.0"}, "127.0.0.2"),                  # bound to all: Contact's address
+    ({"address": "0.0.0.0", "public_address": "127.0.0.5"}, "127.0.0.5"),
+])
+async def test_contact_names_the_sip_host_and_the_sdp_the_media_address(
+        world: World, media: dict[str, str], sdp_address: str) -> None:
+    with_media(world, **media)
+    tx = world.invite()
+    ringing, ok = tx.sent[-2], tx.sent[-1]
+    port = world.manager.live.current.sip.listen.port
+    assert ringing.headers.get("Contact") == f"<sip:127.0.0.2:{port}>"
+    assert ok.headers.get("Contact") == f"<sip:127.0.0.2:{port}>"
+    lines = ok.body.decode().split("\r\n")
+    [origin] = [line for line in lines if line.startswith("o=")]
+    assert origin.endswith(f" IN IP4 {sdp_address}")
+    assert f"c=IN IP4 {sdp_address}" in lines
+
+
+async def test_an_ipv6_contact_host_is_bracketed(world: World) -> None:
+    world.sip.host = "::1"
+    tx = world.invite()
+    port = world.manager.live.current.sip.listen.port
+    assert tx.sent[-1].headers.get("Contact") == f"<sip:[::1]:{port}>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from voicedashd.config import HostPort
+from voicedashd.config import HostPort, SipConfig
 from voicedashd.metrics import Metrics
 from voicedashd.sip.endpoint import ServerTx, SipClient, SipEndpoint
 from voicedashd.sip.message import Request, Response
@@ -16,6 +16,10 @@ OPTIONS = ("OPTIONS sip:probe@127.0.0.1 SIP/2.0\r\n"
            "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch}\r\n"
            "From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\n"
            "Call-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+
+def loopback_sip() -> SipConfig:
+    """[sip] listening on 127.0.0.1, nothing else set."""
+    return SipConfig(listen=HostPort("127.0.0.1", 5060))
 
 
 class Core:
@@ -41,7 +45,7 @@ async def test_a_response_that_cannot_be_serialised_is_dropped_and_the_next_one_
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             endpoint = SipEndpoint(transport, core, nursery, Metrics(),
-                                   SipClient(transport, "127.0.0.1"))
+                                   SipClient(transport, loopback_sip))
             await nursery.start(transport.serve, endpoint.handle)
             peer = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             await peer.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from tests.unit.test_sip_endpoint import OPTIONS, Core
-from voicedashd.config import HostPort
+from voicedashd.config import HostPort, SipConfig
 from voicedashd.metrics import Metrics
 from voicedashd.sip.endpoint import SipClient, SipEndpoint
 from voicedashd.sip.message import Response
@@ -17,6 +17,10 @@ from voicedashd.sip.resolve import NextHopUnresolved, uri_target
 from voicedashd.sip.transport import Peer, open_transport
 
 DIALOG_PEER = Peer("UDP", "127.0.0.1", 5070)
+
+def loopback_sip() -> SipConfig:
+    """[sip] listening on 127.0.0.1, nothing else set."""
+    return SipConfig(listen=HostPort("127.0.0.1", 5060))
 
 
 def test_uri_target_reads_host_and_default_ports() -> None:
@@ -40,7 +44,7 @@ async def _fails(host: str, port: int) -> str:
 
 async def test_literals_need_no_resolver_and_tcp_keeps_its_connection() -> None:
     transport = await open_transport(HostPort("127.0.0.1", 0))
-    client = SipClient(transport, "127.0.0.1", resolver=_never_called)
+    client = SipClient(transport, loopback_sip, resolver=_never_called)
     assert await client.resolve("sip:bob@127.0.0.9:5080;lr", DIALOG_PEER) == Peer(
         "UDP", "127.0.0.9", 5080)
     assert await client.resolve("<bad", DIALOG_PEER) == DIALOG_PEER
@@ -55,7 +59,7 @@ async def test_literals_need_no_resolver_and_tcp_keeps_its_connection() -> None:
 ])
 async def test_names_go_through_the_resolver(resolver: object, uri: str, expected: Peer) -> None:
     transport = await open_transport(HostPort("127.0.0.1", 0))
-    client = SipClient(transport, "127.0.0.1", resolver=resolver)  # type: ignore[arg-type]
+    client = SipClient(transport, loopback_sip, resolver=resolver)  # type: ignore[arg-type]
     assert await client.resolve(uri, DIALOG_PEER) == expected
 
 
@@ -71,7 +75,7 @@ async def test_a_hanging_resolver_never_stops_the_loop_and_the_bye_gives_up() ->
         return await trio.to_thread.run_sync(block, abandon_on_cancel=True)
 
     transport = await open_transport(HostPort("127.0.0.1", 0))
-    client = SipClient(transport, "127.0.0.1", resolver=hanging, resolve_timeout=1.5)
+    client = SipClient(transport, loopback_sip, resolver=hanging, resolve_timeout=1.5)
     outcome: list[str] = []
     done = trio.Event()
 

@@ -24,6 +24,7 @@ from werkzeug.exceptions import (
 from .. import __version__
 from ..config import HostPort
 from ..errors import ListenerError
+from ..listen import numeric_host
 from . import auth_routes, calls_routes, health, page
 from .body import MAX_BODY_BYTES, install_body_reader
 from .cors import install_cors
@@ -122,13 +123,14 @@ async def _body_not_read(error: RequestEntityTooLarge | RequestTimeout
     return body, error.code or 400, {"Connection": "close"}
 
 
-def _bind(listen: HostPort) -> int:
-    """Bind and listen ourselves so a busy port is reported with the setting's name."""
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+def _bind(listen: HostPort, host: str) -> int:
+    """Bind host (listen's, resolved) and listen ourselves, so a busy port is reported with
+    the setting's name."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((listen.host, listen.port))
+        sock.bind((host, listen.port))
         sock.listen(1024)
     except OSError as exc:
         sock.close()
@@ -136,7 +138,7 @@ def _bind(listen: HostPort) -> int:
     return sock.detach()
 
 
-def _hypercorn_config(api_deps: ApiDeps) -> HypercornConfig:
+def _hypercorn_config(api_deps: ApiDeps, host: str) -> HypercornConfig:
     api = api_deps.live.current.api
     hc = HypercornConfig()
     hc.accesslog = None
@@ -149,7 +151,7 @@ def _hypercorn_config(api_deps: ApiDeps) -> HypercornConfig:
             hc.create_ssl_context()
         except (OSError, ssl.SSLError) as exc:
             raise ListenerError(f"api.tls_cert: cannot load TLS files: {exc}") from None
-    hc.bind = [f"fd://{_bind(api.listen)}"]
+    hc.bind = [f"fd://{_bind(api.listen, host)}"]
     return hc
 
 
@@ -157,5 +159,7 @@ async def serve_api(api_deps: ApiDeps, shutdown: trio.Event, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the HTTP API until shutdown is set."""
     app = create_app(api_deps)
-    hc = _hypercorn_config(api_deps)
+    # A host name is resolved here, off the event loop, never by bind() on it.
+    host = await numeric_host(api_deps.live.current.api.listen, "api.listen")
+    hc = _hypercorn_config(api_deps, host)
     await serve(app, hc, shutdown_trigger=shutdown.wait, task_status=task_status)

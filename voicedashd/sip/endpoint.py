@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 import trio
 
+from ..config import SipConfig
 from ..metrics import Metrics
+from .advertise import sip_host, uri_host
 from .fields import InvalidHeader, Via, new_branch, new_tag
 from .message import Message, Request, Response
 from .parser import SipParseError, make_response, parse_message, serialize
@@ -234,19 +237,24 @@ class SipEndpoint:
 class SipClient:
     """Sends our own requests (BYE) as client transactions; the endpoint hands it responses."""
 
-    def __init__(self, transport: Transport, via_host: str, *,
+    def __init__(self, transport: Transport, settings: Callable[[], SipConfig], *,
                  resolver: Resolver = system_resolver,
                  resolve_timeout: float = RESOLVE_TIMEOUT) -> None:
         self.transport = transport
-        self.via_host = via_host
+        self._settings = settings
         self._resolver = resolver
         self._resolve_timeout = resolve_timeout
         self._inboxes: dict[TransactionKey, trio.MemorySendChannel[Response]] = {}
 
-    def new_via(self, transport: str) -> str:
-        """Return a Via value for a request we originate, with a fresh branch."""
-        port = self.transport.local.port
-        return f"SIP/2.0/{transport} {self.via_host}:{port};branch={new_branch()};rport"
+    def local_host(self, peer_host: str) -> str:
+        """The address our Contact and Via name for a peer (sip.public_address, else ours)."""
+        return sip_host(self._settings(), self.transport.local.host, peer_host)
+
+    def new_via(self, destination: Peer) -> str:
+        """Return a Via value for a request we send to destination, with a fresh branch."""
+        host = uri_host(self.local_host(destination.host))
+        return (f"SIP/2.0/{destination.transport} {host}:{self.transport.local.port}"
+                f";branch={new_branch()};rport")
 
     def deliver(self, response: Response) -> None:
         """Pass a response to the client transaction it answers; others are dropped."""
@@ -289,7 +297,7 @@ class SipClient:
 
         The transaction lingers in nursery after the answer, to absorb retransmitted responses.
         """
-        request.headers.items.insert(0, ("Via", self.new_via(destination.transport)))
+        request.headers.items.insert(0, ("Via", self.new_via(destination)))
         key = client_key(request)
         send, receive = trio.open_memory_channel[Response](INBOX_SIZE)
         self._inboxes[key] = send

@@ -15,6 +15,7 @@ import trio
 
 from ..config import HostPort, SipConfig
 from ..errors import RESOURCE_ERRNOS, ListenerError
+from ..listen import numeric_host
 from ..metrics import Metrics
 from .parser import SipParseError, StreamFramer
 
@@ -305,19 +306,21 @@ async def open_transport(listen: HostPort, metrics: Metrics | None = None,
                          limits: Callable[[], TcpLimits] | None = None) -> Transport:
     """Bind the SIP UDP socket and TCP listeners on listen; ListenerError names the setting.
 
-    Without metrics the transport counts into a registry of its own, without limits it keeps
-    [sip]'s defaults (tests).
+    The transport's `local` is the bound address (a host name in listen resolved). Without
+    metrics the transport counts into a registry of its own, without limits it keeps [sip]'s
+    defaults (tests).
     """
     if limits is None:
         defaults = TcpLimits.of(SipConfig.model_construct(listen=listen))
         limits = lambda: defaults  # noqa: E731
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    bound = HostPort(await numeric_host(listen, "sip.listen"), listen.port)
+    family = socket.AF_INET6 if ":" in bound.host else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.setblocking(False)
     try:
-        udp.bind((listen.host, listen.port))
-        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        udp.bind((bound.host, bound.port))
+        listeners = await trio.open_tcp_listeners(bound.port, host=bound.host)
     except OSError as exc:
         udp.close()
         raise _bind_error(listen, exc) from None
-    return Transport(udp, listeners, listen, metrics or Metrics(), limits)
+    return Transport(udp, listeners, bound, metrics or Metrics(), limits)
