@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -143,6 +144,17 @@ class Baresip:
     async def send_digits(self, digits: str) -> None:
         """Press keys on the current call: RFC 4733 telephone-events."""
         await self.command("sndcode", digits)
+
+    async def packets_received(self) -> int:
+        """RTP packets received from the peer so far (`audio_debug`'s RTCP member count).
+
+        baresip 1.0 drops its decode filters (the recording) on a re-INVITE, so after hold
+        and resume this count is what says our audio arrives.
+        """
+        counts = re.findall(r"\brcvd=(\d+)", await self.command("audio_debug"))
+        if not counts:
+            raise BaresipError("audio_debug shows no RTP member: no call, or nothing received")
+        return sum(int(count) for count in counts)
 
     # -- events ------------------------------------------------------------------------
 
