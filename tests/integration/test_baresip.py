@@ -15,6 +15,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import soxr
@@ -22,6 +23,7 @@ import trio
 
 from tests.baresip import Baresip, BaresipSetup, run_baresip, wav_for_call
 from tests.harness import DaemonConfig, RunningDaemon, run_daemon
+from tests.integration.test_hub import login
 from tests.integration.test_voicebot import GREETING, bot_config, logged
 from tests.speech_corpus import TOOL_TIMEOUT, VOICES, normalize
 from tests.stored import stored_events
@@ -107,12 +109,14 @@ async def packets_grow(phone: Baresip, count: int, timeout: float = 10) -> None:
             await trio.sleep(0.1)
 
 
-def answer_after_question(daemon: RunningDaemon, call_id: str) -> tuple[dict[str, Any], str]:
-    """The caller's final transcript and the text the bot said next."""
-    [final] = logged(daemon, "stt_transcript", call_id=call_id, is_final=True)
-    after = daemon.logs[daemon.logs.index(final):]
-    answer = next(line for line in after if line.get("event") == "tts_started")
-    return final, str(answer["text"])
+async def rest_transcript(config: DaemonConfig, call_id: str) -> dict[str, Any]:
+    """The call's transcript as the callee's dashboard user reads it over the REST API."""
+    async with httpx.AsyncClient(base_url=config.api_url) as http:
+        token = (await login(config, config.users[0]))["access_token"]
+        answer = await http.get(f"/api/calls/{call_id}/transcript",
+                                headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -138,11 +142,15 @@ async def test_baresip_asks_and_hears_the_answer(tmp_path: Path, voices: dict[st
             ended = await daemon.wait_for_log("call_ended", timeout=10, call_id=call_id)
             session = await daemon.wait_for_log("media_session_started", call_id=call_id)
             learnt = await daemon.wait_for_log("rtp_source_learnt", call_id=call_id)
+            transcript = await rest_transcript(config, call_id)
     assert "opening hours" in final["text"].lower(), final
     said = [line["text"] for line in logged(daemon, "tts_started", call_id=call_id)]
     assert said[0] == GREETING, said
     assert "Monday to Friday" in answer["text"], answer  # read out from the knowledge
     assert ended["reason"] == "caller_hangup", ended
+    lines = [(e["speaker"], e["text"]) for e in transcript["entries"] if e["final"]]
+    assert ("caller", final["text"]) in lines and ("bot", answer["text"]) in lines, transcript
+    assert transcript["ended"] is True, transcript
     # Its SDP names 127.0.0.1 (net_interface), and its RTP comes from there.
     assert (session["address"], session["codec"]) == ("127.0.0.1", "PCMU"), session
     assert (learnt["address"], learnt["sdp_address"]) == ("127.0.0.1", "127.0.0.1"), learnt
