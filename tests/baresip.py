@@ -240,11 +240,11 @@ async def run_baresip(setup: BaresipSetup) -> AsyncIterator[Baresip]:
         async with trio.open_nursery() as nursery:
             output: list[str] = []
             nursery.start_soon(_read_output, process, output)
-            control = await _connect(process, ctrl_port, output)
-            phone = Baresip(process, control, setup, output)
-            nursery.start_soon(phone._read_control)
-            yield phone
-            nursery.cancel_scope.cancel()
+            async with await _connect(process, ctrl_port, output) as control:
+                phone = Baresip(process, control, setup, output)
+                nursery.start_soon(phone._read_control)
+                yield phone
+                nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
