@@ -163,7 +163,7 @@ async def test_baresip_asks_and_hears_the_answer(tmp_path: Path, voices: dict[st
     assert len(found) >= 0.7 * len(expected), (found, expected, words)
 
 
-async def test_baresip_keys_hold_and_resume(tmp_path: Path, voices: dict[str, Path]) -> None:
+async def test_baresip_keys_hold_and_resume(tmp_path: Path) -> None:
     """Keys pressed on baresip are dtmf events with their digits; hold and resume are
     re-INVITEs the call survives (the daemon logs the hold state), our audio stops while
     held and flows again after."""
