@@ -217,3 +217,27 @@ async def test_the_bot_hangs_up_on_baresip(tmp_path: Path, voices: dict[str, Pat
     assert said[-2:] == FAREWELL, said
     # Closed by our BYE (ECONNRESET in libre's words), not by its WAV source running out.
     assert closed.get("param") == "Connection reset by peer", closed
+
+
+async def test_baresip_whose_sdp_is_not_its_rtp_source(tmp_path: Path) -> None:
+    """The issue's case on loopback: baresip's SDP names 127.0.0.2 (untrusted here) while its
+    RTP comes from 127.0.0.1; we send nothing until its source is learnt, then audio flows."""
+    config = daemon_config(tmp_path)
+    config.trusted = ("127.0.0.1/32",)
+    config.write()
+    silence = wav_for_call(np.zeros(0, dtype=np.int16), RATE, tmp_path / "silence.wav",
+                           lead=0, seconds=CALL_SECONDS)
+    setup = BaresipSetup(tmp_path / "baresip", silence, codecs=CODECS,
+                         media_address="127.0.0.2")
+    with trio.fail_after(60):
+        async with run_daemon(config.path) as daemon, run_baresip(setup) as phone:
+            call_id = await established(phone, daemon, dial_uri(config, "udp"))
+            learnt = await daemon.wait_for_log("rtp_source_learnt", timeout=10,
+                                               call_id=call_id)
+            await packets_grow(phone, 50)
+            await phone.hang_up()
+            ended = await daemon.wait_for_log("call_ended", timeout=10, call_id=call_id)
+    [session] = logged(daemon, "media_session_started", call_id=call_id)
+    assert (session["address"], session["sending"]) == ("127.0.0.2", False), session
+    assert (learnt["address"], learnt["sdp_address"]) == ("127.0.0.1", "127.0.0.2"), learnt
+    assert ended["reason"] == "caller_hangup", ended
