@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +71,8 @@ def _by_bit_pattern(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 @dataclass(frozen=True, slots=True, eq=False)
 class G711:
     """One G.711 law: its RTP name, static payload type, silence byte and lookup tables."""
+
+    sample_rate: ClassVar[int] = 8000  # the audio's rate, here the RTP clock's too
 
     name: str
     payload_type: int
