@@ -18,8 +18,8 @@ import trio
 from ..config import MediaConfig
 from ..metrics import Metrics
 from ..sip.sdp import HOLD_ADDRESSES, Answer
-from .dtmf import DtmfDigit
 from .codecs import Codec, open_codec
+from .dtmf import DtmfDigit
 from .g711 import Pcm
 from .jitter import JitterStats
 from .ports import RtpSockets
