@@ -9,7 +9,6 @@ delay), and a stream with its sub-bands or bits in the wrong place must not.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import struct
 import subprocess
 from functools import cache
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import trio
 
+from tests.g722_ffmpeg import ffmpeg_decode, ffmpeg_encode
 from tests.media_peer import ports_and_peer
 from tests.speech_corpus import two_cities_wav
 from voicedashd.media.codecs import open_codec
@@ -34,30 +34,6 @@ RATE = 16000
 MIN_SNR_DB = 15.0
 # The QMF analysis and synthesis filters delay the audio by 22 samples (ITU-T G.722 §1.4.1).
 CODEC_DELAY = 22
-
-
-def _ffmpeg() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise AssertionError("ffmpeg not found: install the Debian package ffmpeg "
-                             "(scripts/test does)")
-    return path
-
-
-def ffmpeg_encode(pcm: np.ndarray) -> bytes:
-    """16 kHz 16-bit PCM to raw G.722 by ffmpeg."""
-    return subprocess.run([_ffmpeg(), "-v", "error", "-f", "s16le", "-ar", str(RATE), "-ac", "1",
-                           "-i", "-", "-c:a", "g722", "-f", "g722", "-"],
-                          input=pcm.astype("<i2").tobytes(), capture_output=True, check=True,
-                          timeout=60).stdout
-
-
-def ffmpeg_decode(g722: bytes) -> np.ndarray:
-    """Raw G.722 to 16 kHz 16-bit PCM by ffmpeg."""
-    out = subprocess.run([_ffmpeg(), "-v", "error", "-f", "g722", "-i", "-", "-f", "s16le",
-                          "-ar", str(RATE), "-ac", "1", "-"],
-                         input=g722, capture_output=True, check=True, timeout=60).stdout
-    return np.frombuffer(out, dtype="<i2")
 
 
 @cache
