@@ -35,6 +35,7 @@ from tests.speech_corpus import (
     human_clips,
     make_clip,
     make_wideband_clip,
+    normalize,
     word_error_rate,
 )
 from tests.voice_caller import voice_call
@@ -51,10 +52,13 @@ MAX_WER = 0.25  # one clip, one short sentence each way: at most a word or so wr
 # human reading; fixed, so the two codecs and every run hear the same clips.
 SUBSET_LINES = (1, 4, 7, 10, 12, 18, 20, 21)
 SUBSET_HUMAN = (0, 3, 6, 9)
-# G.722's mean WER may exceed PCMU's by at most this: one word over the subset's ~100 words.
-# Whisper decodes the same audio the same way, but the calls' turns are cut by voice activity
-# in real time on a shared machine, and one boundary moved can cost a word on either codec.
-WER_TOLERANCE = 0.01
+# Compared: each codec's WER over the whole subset (word errors / words said, ~110 words), so
+# a word weighs the same in a short clip as in a long one. G.722 may be worse than PCMU by at
+# most TOLERANCE_WORDS: Whisper decodes the same audio the same way, but turns are cut by
+# voice activity in real time, 4 calls at a time on 2 shared cores, and a boundary moved costs
+# a word or so on either codec (seen: "5 5 5 5 1 2 3 4" once for "555 1234"). Two words is
+# less than the one-clip differences wideband makes ("the hair cost", "the wiper").
+TOLERANCE_WORDS = 2
 
 
 def wideband_share(pcm: np.ndarray, rate: int = 16000) -> float:
@@ -141,7 +145,7 @@ async def place(daemon: RunningDaemon, port: int, outcome: Outcome, audio: bytes
 
 
 async def test_g722_is_recognised_at_least_as_well_as_pcmu(tmp_path: Path) -> None:
-    """The same clips over G.722 and over PCMU: G.722's mean WER ≤ PCMU's + WER_TOLERANCE."""
+    """The same clips over G.722 and over PCMU: G.722's word errors ≤ PCMU's + two."""
     config = corpus_config(tmp_path, None)
     pairs = await trio.to_thread.run_sync(subset, tmp_path / "clips")
     wide = [await trio.to_thread.run_sync(ffmpeg_encode, path.read_bytes())
@@ -169,10 +173,16 @@ async def test_g722_is_recognised_at_least_as_well_as_pcmu(tmp_path: Path) -> No
     for outcome in by_codec["PCMU"] + by_codec["G722"]:
         collect(daemon, outcome)
     codecs = {line["call_id"]: line["codec"] for line in daemon.events("media_session_started")}
+    words = sum(len(normalize(sample.reference).split()) for sample, _ in pairs)
+    errors = {codec: sum(o.wer * len(normalize(o.sample.reference).split()) for o in group)
+              for codec, group in by_codec.items()}
+    wer = {codec: errors[codec] / words for codec in by_codec}
     means = {codec: statistics.fmean(o.wer for o in group) for codec, group in by_codec.items()}
-    lines = [f"G.722 against PCMU, {len(pairs)} clips each, {CONCURRENCY} calls at a time: "
-             f"mean WER G722 {means['G722']:.3f}, PCMU {means['PCMU']:.3f} "
-             f"(tolerance {WER_TOLERANCE})", ""]
+    lines = [f"G.722 against PCMU, {len(pairs)} clips ({words} words) each, {CONCURRENCY} calls "
+             f"at a time: WER G722 {wer['G722']:.3f} ({errors['G722']:.0f} errors), PCMU "
+             f"{wer['PCMU']:.3f} ({errors['PCMU']:.0f}); mean of clips G722 "
+             f"{means['G722']:.3f}, PCMU {means['PCMU']:.3f}; tolerance {TOLERANCE_WORDS} words",
+             ""]
     for pcmu, g722 in zip(by_codec["PCMU"], by_codec["G722"], strict=True):
         lines += [f"[{pcmu.sample.voice}] said:  {pcmu.sample.reference}",
                   f"  PCMU {pcmu.wer:.2f} heard: {pcmu.heard}",
@@ -185,4 +195,4 @@ async def test_g722_is_recognised_at_least_as_well_as_pcmu(tmp_path: Path) -> No
     for codec, group in by_codec.items():
         assert [codecs.get(o.call_id) for o in group] == [codec] * len(group), summary
     assert all(o.finals for group in by_codec.values() for o in group), summary
-    assert means["G722"] <= means["PCMU"] + WER_TOLERANCE, summary
+    assert errors["G722"] <= errors["PCMU"] + TOLERANCE_WORDS, summary
