@@ -10,6 +10,9 @@ both codecs see the same load; the word error rates of the two are compared.
 
 from __future__ import annotations
 
+import re
+import secrets
+import signal
 import statistics
 import wave
 from pathlib import Path
@@ -18,7 +21,7 @@ import numpy as np
 import trio
 
 from tests.g722_ffmpeg import ffmpeg_decode, ffmpeg_encode
-from tests.harness import RunningDaemon, run_daemon
+from tests.harness import RunningDaemon, make_config, run_daemon
 from tests.integration.test_speech_corpus import (
     CONCURRENCY,
     HUMAN,
@@ -27,6 +30,7 @@ from tests.integration.test_speech_corpus import (
     collect,
     corpus_config,
 )
+from tests.sipp import RawSipPeer, to_tag
 from tests.speech_corpus import (
     CORPUS,
     DEFAULT_VOICES,
@@ -197,3 +201,45 @@ async def test_g722_is_recognised_at_least_as_well_as_pcmu(tmp_path: Path) -> No
         assert [codecs.get(o.call_id) for o in group] == [codec] * len(group), summary
     assert all(o.finals for group in by_codec.values() for o in group), summary
     assert errors["G722"] <= errors["PCMU"] + TOLERANCE_WORDS, summary
+
+
+def offering(invite: str, formats: str, rtpmaps: str) -> str:
+    """A RawSipPeer INVITE whose audio offers other payload formats (Content-Length fixed)."""
+    head, body = invite.split("\r\n\r\n", 1)
+    body = body.replace("RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", f"RTP/AVP {formats}\r\n{rtpmaps}")
+    head = re.sub(r"Content-Length: \d+", f"Content-Length: {len(body)}", head)
+    return f"{head}\r\n\r\n{body}"
+
+
+async def test_media_codecs_is_our_preference_and_a_reload_applies_to_the_next_call(
+        tmp_path: Path) -> None:
+    """An offer of PCMU then G.722 gets PCMU while media.codecs puts PCMU first, G.722 once a
+    reload puts G.722 first; an offer of neither gets 488."""
+    config = make_config(tmp_path)
+    config.write()
+    text = config.path.read_text()
+    config.path.write_text(text.replace("[media]\n", '[media]\ncodecs = ["PCMU", "G722"]\n', 1))
+    both = ("0 9", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:9 G722/8000\r\n")
+    with trio.fail_after(30):
+        async with run_daemon(config.path) as daemon, RawSipPeer(config.sip_port) as peer:
+            async def call(formats: str, rtpmaps: str, status: int = 200) -> str:
+                call_id = f"{secrets.token_hex(6)}@test"
+                await peer.send(offering(peer.invite(branch=f"z9hG4bK{secrets.token_hex(6)}",
+                                                     call_id=call_id), formats, rtpmaps))
+                answer = await peer.receive_status(status)
+                if status == 200:
+                    await peer.send(peer.in_dialog("ACK", call_id=call_id, from_tag="caller1",
+                                                   to_tag=to_tag(answer), cseq=1))
+                    await peer.send(peer.in_dialog("BYE", call_id=call_id, from_tag="caller1",
+                                                   to_tag=to_tag(answer), cseq=2))
+                    await peer.receive_status(200)
+                return answer
+
+            assert "m=audio " in (first := await call(*both)) and " RTP/AVP 0\r\n" in first
+            config.path.write_text(text.replace("[media]\n", '[media]\ncodecs = ["G722"]\n', 1))
+            daemon.send_signal(signal.SIGHUP)
+            await daemon.wait_for_log("config_reloaded", applied=["media.codecs"])
+            second = await call(*both)
+            assert " RTP/AVP 9\r\n" in second and "a=rtpmap:9 G722/8000" in second, second
+            refused = await call("8", "a=rtpmap:8 PCMA/8000\r\n", status=488)
+            assert refused.startswith("SIP/2.0 488 "), refused
