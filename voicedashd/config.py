@@ -30,7 +30,8 @@ from pydantic import (
 
 SECRET_ENV = "VOICEDASHD_JWT_SECRET"
 MIN_SECRET_BYTES = 32
-# media.codecs: the codecs voicedashd speaks (voicedashd/media/codecs.py), default preference.
+# media.codecs: the codecs voicedashd speaks (media/codecs.py opens each), in the default
+# preference order (sip/sdp.py answers by it).
 MEDIA_CODECS = ("G722", "PCMU", "PCMA")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from ..config import MEDIA_CODECS
 from .g711 import CODECS as G711_CODECS
 from .g711 import G711
 from .g722 import G722
 
 Codec: TypeAlias = G711 | G722
-NAMES = ("G722", "PCMU", "PCMA")
+NAMES = MEDIA_CODECS  # what media.codecs may name: every one of them opens here
 
 
 def open_codec(name: str) -> Codec:

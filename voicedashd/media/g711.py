@@ -97,10 +97,3 @@ PCMU = G711("PCMU", 0, 0xFF, _frozen(_ulaw_encode_table()), _frozen(_ulaw_decode
 PCMA = G711("PCMA", 8, 0xD5, _frozen(_alaw_encode_table()), _frozen(_alaw_decode_table()))
 CODECS = {codec.name: codec for codec in (PCMU, PCMA)}
 
-
-def codec_named(name: str) -> G711:
-    """The codec for an SDP encoding name (PCMU or PCMA, any case)."""
-    try:
-        return CODECS[name.upper()]
-    except KeyError:
-        raise ValueError(f"unsupported codec {name!r}: voicedashd speaks PCMU and PCMA") from None

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..config import MEDIA_CODECS
+
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 ANSWER_DIRECTION = {
     "sendrecv": "sendrecv",
@@ -25,8 +27,9 @@ STATIC_PAYLOADS: dict[int, tuple[str, int]] = {
 }
 RTP_PROFILES = ("RTP/AVP", "RTP/AVPF")
 DEFAULT_PTIME = 20
-# What we answer with, most preferred first (RFC 3551 names; all with an 8,000 Hz RTP clock).
-DEFAULT_CODECS = ("G722", "PCMU", "PCMA")
+# What we answer with, most preferred first (RFC 3551 names; all with an 8,000 Hz RTP clock):
+# media.codecs' default.
+DEFAULT_CODECS = MEDIA_CODECS
 DTMF_EVENTS = "0-16"
 HOLD_ADDRESSES = ("0.0.0.0", "::")
 
