@@ -18,6 +18,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 import trio
 
 from tests.g722_ffmpeg import ffmpeg_decode, ffmpeg_encode
@@ -149,6 +150,7 @@ async def place(daemon: RunningDaemon, port: int, outcome: Outcome, audio: bytes
         outcome.problems.append("the call never started or ended in the daemon's log")
 
 
+@pytest.mark.slow
 async def test_g722_is_recognised_at_least_as_well_as_pcmu(tmp_path: Path) -> None:
     """The same clips over G.722 and over PCMU: G.722's word errors ≤ PCMU's + two."""
     config = corpus_config(tmp_path, None)
