@@ -187,3 +187,26 @@ async def test_a_g722_session_gives_and_takes_16khz_audio_without_resampling() -
         160 * i for i in range(60)]
     decoded = ffmpeg_decode(b"".join(p.payload for p in received))
     assert snr_db(bot, decoded) >= MIN_SNR_DB  # the 6 kHz tone too, 22 samples late: no filter
+
+
+async def test_a_new_inbound_ssrc_restarts_the_decoder() -> None:
+    """A PBX that restarts its stream (new SSRC) restarts its encoder: the session decodes the
+    new stream from a fresh state, sample for sample as a new decoder would."""
+    pcm = speech()
+    first, second = G722().encode(pcm[:8000]), G722().encode(pcm[8000:16000])
+    with trio.fail_after(20):
+        async with ports_and_peer() as (media, peer, pcmu_answer):
+            answer = dataclasses.replace(pcmu_answer, codec="G722", payload_type=9)
+            async with trio.open_nursery() as clock_nursery, MediaSession(
+                    media, lambda: answer, SessionSettings(timeout=60), call_id="g722",
+                    clock=MediaClock(), clock_nursery=clock_nursery, on_dtmf=lambda _: None,
+                    may_send_to=lambda _: True, metrics=Metrics()) as session:
+                for ssrc, stream, base in ((1, first, 100), (2, second, 40000)):
+                    for seq in range(25):
+                        header = struct.pack("!BBHII", 0x80, 9, base + seq, 160 * seq, ssrc)
+                        await peer.sendto(header + stream[160 * seq:160 * (seq + 1)],
+                                          ("127.0.0.1", media.port))
+                frames = [await session.inbound.receive() for _ in range(50)]
+    decoded = np.concatenate([f.samples for f in frames])
+    assert np.array_equal(decoded[:8000], G722().decode(first))
+    assert np.array_equal(decoded[8000:], G722().decode(second))

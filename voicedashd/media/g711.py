@@ -88,6 +88,9 @@ class G711:
         """Decode code bytes to 16-bit samples (8 kHz)."""
         return self._decode.take(np.frombuffer(payload, dtype=np.uint8))
 
+    def restart_decoder(self) -> None:
+        """A new inbound stream: nothing to forget (G.711 has no state)."""
+
     def silence_frame(self, samples: int) -> bytes:
         """Encoded digital silence of this many samples (comfort silence)."""
         return bytes([self.silence]) * samples

@@ -50,6 +50,10 @@ class G722:
             return _EMPTY
         return np.frombuffer(self._decoder.decode(payload), dtype=np.int16)
 
+    def restart_decoder(self) -> None:
+        """The peer restarted its stream (a new SSRC): its new encoder starts from scratch."""
+        self._decoder = _Libg722(SAMPLE_RATE, BIT_RATE)
+
     def silence_frame(self, samples: int) -> bytes:
         """Digital silence for `samples` RTP clock ticks (twice as many 16 kHz samples),
         encoded now, in stream order (it moves the encoder's state on)."""

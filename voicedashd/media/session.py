@@ -152,6 +152,7 @@ class MediaSession:
         # already, and these pass it through untouched.
         self._decoder = Resampler(self._codec.sample_rate, self.rate)
         self._encoder = Resampler(self.rate, self._codec.sample_rate)
+        self._decoding_ssrc: int | None = None
         self._flushes = 0
         self._frames_dropped = 0
         self._send_errors = 0
@@ -398,6 +399,10 @@ class MediaSession:
             if isinstance(item, DtmfDigit):
                 self._on_dtmf(item)
                 continue
+            if item.ssrc != self._decoding_ssrc:
+                if self._decoding_ssrc is not None:  # the peer restarted its stream
+                    self._codec.restart_decoder()
+                self._decoding_ssrc = item.ssrc
             pcm = self._decoder.process(self._codec.decode(item.payload))
             if not len(pcm):
                 continue
