@@ -36,6 +36,7 @@ from voicedashd.media.g711 import PCMU
 Kind = Literal["question", "message", "small_talk", "farewell"]
 KINDS: tuple[Kind, ...] = ("question", "message", "small_talk", "farewell")
 SAMPLE_RATE = 8000
+WIDE = 16000  # the wideband clips' rate (what a G.722 phone carries)
 LEAD = 2.5  # seconds of silence before the caller speaks: the bot's greeting
 TAIL = 1.5  # seconds of silence after: the bot hears the caller stop and answers
 TOOL_TIMEOUT = 60  # seconds any one synthesiser or sox run may take
@@ -282,6 +283,33 @@ def make_clip(voice: str, text: str, directory: Path, *, lead: float = LEAD,
     return target
 
 
+def make_wideband_clip(voice: str, text: str, directory: Path, *, lead: float = LEAD,
+                       tail: float = TAIL) -> Path:
+    """make_clip's audio, from the same synthesis, as 16 kHz 16-bit raw (a G.722 caller's)."""
+    spec = VOICES[voice]
+    target = directory / f"{voice}-{_digest(voice, spec.command, text, lead, tail, WIDE)}.s16"
+    if not target.exists():
+        with _scratch(directory) as scratch:
+            wav = scratch / "speech.wav"
+            spec.synthesise(text, wav)
+            _to_raw([str(wav)], target, scratch, lead=lead, tail=tail, rate=WIDE,
+                    encoding=("-e", "signed", "-b", "16"))
+    return target
+
+
+def cut_wideband_clip(clip: HumanClip, directory: Path, *, lead: float = LEAD,
+                      tail: float = TAIL) -> Path:
+    """cut_clip's sentence as 16 kHz 16-bit raw (a G.722 caller's)."""
+    source = two_cities_wav()
+    target = directory / f"human-{clip.name}-{_digest(clip, lead, tail, WIDE)}.s16"
+    if not target.exists():
+        with _scratch(directory) as scratch:
+            _to_raw([str(source)], target, scratch, lead=lead, tail=tail, rate=WIDE,
+                    encoding=("-e", "signed", "-b", "16"),
+                    effects=("trim", f"{clip.start}", f"={clip.end}"))
+    return target
+
+
 def cut_clip(clip: HumanClip, directory: Path, *, lead: float = LEAD,
              tail: float = TAIL) -> Path:
     """A sentence of the human recording as 8 kHz µ-law raw with lead/tail silence (cached)."""
@@ -335,13 +363,20 @@ def _rms_amplitude(dbfs: float) -> float:
 def _to_ulaw(inputs: Sequence[str], target: Path, scratch: Path, *, lead: float, tail: float,
              effects: Sequence[str] = ()) -> None:
     """sox: input(s) -> 8 kHz mono µ-law raw, peak-normalised to -3 dBFS, silence padded."""
+    _to_raw(inputs, target, scratch, lead=lead, tail=tail, effects=effects)
+
+
+def _to_raw(inputs: Sequence[str], target: Path, scratch: Path, *, lead: float, tail: float,
+            effects: Sequence[str] = (), rate: int = SAMPLE_RATE,
+            encoding: Sequence[str] = ("-e", "u-law")) -> None:
+    """sox: input(s) -> mono raw at rate, peak-normalised to -3 dBFS, silence padded."""
     sox = shutil.which("sox")
     if sox is None:
         raise AssertionError("sox not found: install the Debian package sox (scripts/test does)")
-    partial = scratch / "clip.ul"
+    partial = scratch / "clip.raw"
     # No dither (-D), and the padding last, so that silence is digital silence (0xFF).
-    subprocess.run([sox, "-D", *inputs, "-r", str(SAMPLE_RATE), "-c", "1", "-e", "u-law",
-                    "-t", "raw", str(partial), *effects, "channels", "1", "rate", str(SAMPLE_RATE),
+    subprocess.run([sox, "-D", *inputs, "-r", str(rate), "-c", "1", *encoding,
+                    "-t", "raw", str(partial), *effects, "channels", "1", "rate", str(rate),
                     "norm", "-3", "pad", str(lead), str(tail)],
                    check=True, capture_output=True, timeout=TOOL_TIMEOUT)
     os.replace(partial, target)

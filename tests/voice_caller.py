@@ -1,8 +1,9 @@
 """A caller that talks: SIP over raw UDP, speech out and the bot's answer in as real RTP.
 
-Used by the voice bot tests and scripts/bench-voicebot. The caller sends its audio (PCMU)
-paced at 20 ms per packet from absolute deadlines, keeps every packet it receives with its
-arrival time, and answers a BYE from the daemon.
+Used by the voice bot tests and scripts/bench-voicebot. The caller offers one codec (PCMU, or
+G722 for wideband), sends its audio, already encoded, paced at 20 ms per packet from absolute
+deadlines, keeps every packet it receives with its arrival time, and answers a BYE from the
+daemon. Both codecs carry 160 bytes per 20 ms packet.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import trio
 
 from tests.sipp import RawSipPeer, header, to_tag
 from voicedashd.media.g711 import PCMU
+from voicedashd.media.g722 import G722
+
+PAYLOAD_TYPES = {"PCMU": 0, "G722": 9}
 
 PTIME = 0.02
 SAMPLES = 160
@@ -44,9 +48,9 @@ def speak(text: str, path: Path, *, lead: float = 0.0, tail: float = 1.5) -> Pat
     return path
 
 
-def speech_end(ulaw: bytes) -> float:
-    """Seconds from the start of a PCMU recording to the end of its last loud 20 ms."""
-    levels = packet_levels([ulaw[i:i + SAMPLES] for i in range(0, len(ulaw), SAMPLES)])
+def speech_end(ulaw: bytes, codec: str = "PCMU") -> float:
+    """Seconds from the start of a recording (PCMU or G722) to the end of its last loud 20 ms."""
+    levels = stream_levels([ulaw[i:i + SAMPLES] for i in range(0, len(ulaw), SAMPLES)], codec)
     loud = [i for i, level in enumerate(levels) if level > SILENT_RMS]
     if not loud:
         raise ValueError("the recording is silent")
@@ -57,6 +61,18 @@ def packet_levels(payloads: list[bytes]) -> list[float]:
     """RMS of each PCMU payload, decoded."""
     return [float(np.sqrt(np.mean(PCMU.decode(p).astype(np.float64) ** 2))) if p else 0.0
             for p in payloads]
+
+
+def stream_levels(payloads: list[bytes], codec: str = "PCMU") -> list[float]:
+    """RMS of each payload of one stream, in order (G.722 is decoded as one stream: state)."""
+    if codec == "PCMU":
+        return packet_levels(payloads)
+    decoder = G722()
+    return [_rms(decoder.decode(p)) for p in payloads]
+
+
+def _rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
 
 
 @dataclass
@@ -77,28 +93,42 @@ class VoiceCall:
     bye_answered: trio.Event = field(default_factory=trio.Event)
     finished_talking: trio.Event = field(default_factory=trio.Event)
     answered: trio.Event = field(default_factory=trio.Event)  # loud audio after the speech
+    codec: str = "PCMU"
+    answer_sdp: str = ""  # the body of the daemon's 200 OK
+    levels: list[float] = field(default_factory=list)  # RMS of each received packet
     _cseq: int = 1
+
+    def __post_init__(self) -> None:
+        self._decoder = G722() if self.codec == "G722" else None  # the received stream's
 
     def replies_after(self, moment: float) -> list[tuple[float, float]]:
         """(arrival, RMS) of the packets received after a moment."""
-        late = [(t, p) for t, p in self.received if t >= moment]
-        return list(zip([t for t, _ in late], packet_levels([p for _, p in late]), strict=True))
+        return [(t, level) for (t, _), level in zip(self.received, self.levels, strict=True)
+                if t >= moment]
 
     def first_loud_after(self, moment: float) -> float | None:
         """Arrival time of the first non-silent packet after a moment."""
         return next((t for t, level in self.replies_after(moment) if level > SILENT_RMS), None)
 
     async def talk(self, ulaw: bytes) -> None:
-        """Send the recording as RTP in real time, then silence until the call ends."""
+        """Send the recording as RTP in real time, then silence until the call ends.
+
+        After a G.722 recording its last packet (the encoder's steady state on its silent
+        tail) is repeated: G.722 has no constant silence byte.
+        """
         ssrc, sequence, timestamp = secrets.randbits(32), secrets.randbelow(1 << 16), 0
-        end = speech_end(ulaw)
+        end = speech_end(ulaw, self.codec)
+        whole = len(ulaw) // SAMPLES * SAMPLES
+        silence = b"\xff" * SAMPLES if self.codec == "PCMU" else ulaw[whole - SAMPLES:whole]
+        payload_type = PAYLOAD_TYPES[self.codec]
         self.started = trio.current_time()
         tick = 0
         while True:
             chunk = ulaw[tick * SAMPLES:(tick + 1) * SAMPLES]
             if len(chunk) < SAMPLES:
-                chunk += b"\xff" * (SAMPLES - len(chunk))
-            packet = struct.pack("!BBHII", 0x80, 0, sequence, timestamp, ssrc) + chunk
+                chunk += silence[len(chunk):]
+            packet = struct.pack("!BBHII", 0x80, payload_type, sequence, timestamp,
+                                 ssrc) + chunk
             await trio.sleep_until(self.started + tick * PTIME)
             await self.rtp.sendto(packet, self.daemon_rtp)
             sequence = (sequence + 1) & 0xFFFF
@@ -114,9 +144,13 @@ class VoiceCall:
         while True:
             data = await self.rtp.recv(2048)
             if len(data) > 12:
-                self.received.append((trio.current_time(), data[12:]))
+                payload = data[12:]
+                self.received.append((trio.current_time(), payload))
+                level = (packet_levels([payload])[0] if self._decoder is None
+                         else _rms(self._decoder.decode(payload)))
+                self.levels.append(level)
                 if (self.speech_end is not None and not self.answered.is_set()
-                        and packet_levels([data[12:]])[0] > SILENT_RMS):
+                        and level > SILENT_RMS):
                     self.answered.set()
 
     async def answer_bye(self) -> None:
@@ -143,8 +177,9 @@ class VoiceCall:
 
 @asynccontextmanager
 async def voice_call(sip_port: int, ulaw: bytes, *, extension: str = "1001",
-                     ) -> AsyncIterator[VoiceCall]:
-    """Place a call, talk (the recording, then silence), listen; BYE on exit if still up."""
+                     codec: str = "PCMU") -> AsyncIterator[VoiceCall]:
+    """Place a call offering one codec (PCMU or G722; `ulaw` is the recording in it), talk
+    (the recording, then silence), listen; BYE on exit if still up."""
     rtp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await rtp.bind(("127.0.0.1", 0))
     port = rtp.getsockname()[1]
@@ -152,13 +187,18 @@ async def voice_call(sip_port: int, ulaw: bytes, *, extension: str = "1001",
         call_id, from_tag = secrets.token_hex(8), secrets.token_hex(4)
         invite = sip.invite(branch=f"z9hG4bK{secrets.token_hex(6)}", call_id=call_id,
                             from_tag=from_tag, extension=extension)
-        await sip.send(invite.replace("m=audio 40000 ", f"m=audio {port} "))
+        offer = invite.replace("m=audio 40000 ", f"m=audio {port} ")
+        if codec == "G722":  # the same length, so Content-Length stays right
+            offer = offer.replace("RTP/AVP 0\r\na=rtpmap:0 PCMU/8000",
+                                  "RTP/AVP 9\r\na=rtpmap:9 G722/8000")
+        await sip.send(offer)
         ok = await sip.receive_status(200, timeout=15)
         media = re.search(r"^m=audio (\d+) ", ok, re.MULTILINE)
         address = re.search(r"^c=IN IP4 (\S+)", ok, re.MULTILINE)
         assert media and address, ok
         call = VoiceCall(sip, rtp, call_id, from_tag, to_tag(ok), extension,
-                         (address.group(1), int(media.group(1))))
+                         (address.group(1), int(media.group(1))), codec=codec)
+        call.answer_sdp = ok[ok.index("\r\n\r\n") + 4:]
         await sip.send(sip.in_dialog("ACK", call_id=call_id, from_tag=from_tag,
                                      to_tag=call.to_tag, cseq=1, extension=extension))
         async with running(call, functools.partial(call.talk, ulaw)):

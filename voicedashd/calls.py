@@ -239,7 +239,7 @@ class CallManager:
             return
         # The INVITE transaction (RFC 6026) already resends the 2xx and absorbs copies.
         dialog = Dialog(invite, contact=self._contact(peer), user_agent=config.sip.user_agent,
-                        retransmit_2xx=False)
+                        retransmit_2xx=False, codecs=config.media.codecs)
         tenant = config.tenant_for_call(peer.host, invite.domain)
         info = call_info(invite, tenant.name)
         call = Call(info=info, dialog=dialog, peer=peer, invite=tx)

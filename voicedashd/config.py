@@ -30,6 +30,9 @@ from pydantic import (
 
 SECRET_ENV = "VOICEDASHD_JWT_SECRET"
 MIN_SECRET_BYTES = 32
+# media.codecs: the codecs voicedashd speaks (media/codecs.py opens each), in the default
+# preference order (sip/sdp.py answers by it).
+MEDIA_CODECS = ("G722", "PCMU", "PCMA")
 
 
 class ConfigError(Exception):
@@ -192,7 +195,8 @@ class SipConfig(_Section):
 
 
 class MediaConfig(_Section):
-    """[media]: RTP address and ports, media timeout, jitter buffer, strict RTP, recording."""
+    """[media]: RTP address and ports, codecs, media timeout, jitter buffer, strict RTP,
+    recording."""
 
     address: str = "127.0.0.1"
     public_address: PublicAddress = None
@@ -202,6 +206,23 @@ class MediaConfig(_Section):
     allowed_peers: Networks = ()
     relearn_after: Duration = 5.0
     record_dir: Path | None = None
+    codecs: tuple[str, ...] = MEDIA_CODECS
+
+    @field_validator("codecs", mode="before")
+    @classmethod
+    def _codecs(cls, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be a list of codec names ({', '.join(MEDIA_CODECS)})")
+        names = tuple(name.upper() for name in value)
+        if not names:
+            raise ValueError(f"must name at least one codec of {', '.join(MEDIA_CODECS)}")
+        unknown = [name for name in value if name.upper() not in MEDIA_CODECS]
+        if unknown:
+            raise ValueError(f"unknown codec {unknown[0]!r}; known: {', '.join(MEDIA_CODECS)}")
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"{twice} is listed twice")
+        return names
 
     @field_validator("relearn_after")
     @classmethod
@@ -761,6 +782,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "media.allowed_peers": _LIVE,
     "media.relearn_after": _LIVE,
     "media.record_dir": _LIVE,
+    "media.codecs": _LIVE,
     "api.listen": _RESTART,
     "api.cors_origins": _LIVE,
     "api.tls_cert": _RESTART,

@@ -241,7 +241,7 @@ async def test_unknown_dialogs_get_481(world: World) -> None:
 
 
 async def test_refusals_before_ringing_never_reach_the_bus(world: World, config: Config) -> None:
-    no_codec = world.invite(body=SDP.replace("RTP/AVP 0", "RTP/AVP 9").replace(
+    no_codec = world.invite(body=SDP.replace("RTP/AVP 0", "RTP/AVP 3").replace(
         "a=rtpmap:0 PCMU/8000\r\n", ""))
     assert no_codec.statuses == [100, 488]
     untrusted = world.invite(peer=Peer("UDP", "198.51.100.7", 5060))

@@ -234,3 +234,23 @@ def test_version_and_help() -> None:
     assert helptext.returncode == 0
     for command in ("run", "check-config", "hash-password"):
         assert command in helptext.stdout
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("[]", "media.codecs: must name at least one codec of G722, PCMU, PCMA"),
+    ('["PCMU", "OPUS"]', "media.codecs: unknown codec 'OPUS'; known: G722, PCMU, PCMA"),
+    ('["PCMU", "pcmu"]', "media.codecs: PCMU is listed twice"),
+    ('"PCMU"', "media.codecs: must be a list of codec names (G722, PCMU, PCMA)"),
+])
+def test_media_codecs_must_be_known_distinct_and_not_empty(good: Path, value: str,
+                                                           problem: str) -> None:
+    _edit(good, 'address = "127.0.0.1"', f'address = "127.0.0.1"\ncodecs = {value}')
+    with pytest.raises(ConfigError) as info:
+        load_config(good)
+    assert info.value.problems == [problem]
+
+
+def test_media_codecs_default_prefers_g722_and_any_case_is_read(good: Path) -> None:
+    assert load_config(good).media.codecs == ("G722", "PCMU", "PCMA")
+    _edit(good, 'address = "127.0.0.1"', 'address = "127.0.0.1"\ncodecs = ["pcma", "G722"]')
+    assert load_config(good).media.codecs == ("PCMA", "G722")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicedashd.media.g711 import G711, PCMA, PCMU, codec_named
+from voicedashd.media.codecs import open_codec
+from voicedashd.media.g711 import G711, PCMA, PCMU
 
 # -- reference: Sun Microsystems' public-domain g711.c, transcribed scalar by scalar ------------
 
@@ -139,8 +140,8 @@ def test_silence_frames_decode_to_near_zero(codec: G711) -> None:
 
 
 def test_codecs_are_found_by_sdp_name() -> None:
-    assert codec_named("pcmu") is PCMU
-    assert codec_named("PCMA") is PCMA
+    assert open_codec("pcmu") is PCMU
+    assert open_codec("PCMA") is PCMA
     assert (PCMU.payload_type, PCMA.payload_type) == (0, 8)
-    with pytest.raises(ValueError, match="PCMU and PCMA"):
-        codec_named("G729")
+    with pytest.raises(ValueError, match="G722, PCMU, PCMA"):
+        open_codec("G729")

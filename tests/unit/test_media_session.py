@@ -143,7 +143,7 @@ async def test_a_failing_tick_ends_the_block_with_media_failed_from_its_error(
                 await trio.sleep_forever()
     cause = failed.value.__cause__
     assert isinstance(cause, ValueError) and "G729" in str(cause)
-    assert traceback.extract_tb(cause.__traceback__)[-1].name == "codec_named"
+    assert traceback.extract_tb(cause.__traceback__)[-1].name == "open_codec"
     assert session.error is cause and not session.timed_out
     assert clock.members == 0 and clock.stats.failures == 1
     assert [e["failed"] for e in logs if e["event"] == "media_session_ended"] == [True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voicedashd.sip.sdp import (
+    DEFAULT_CODECS,
     Answer,
     InvalidSdp,
     NoCommonCodec,
@@ -31,11 +32,11 @@ ASTERISK_OFFER = (
 )
 
 
-def answer(offer: bytes, supported: tuple[str, ...] = ("PCMU", "PCMA")) -> Answer:
+def answer(offer: bytes, codecs: tuple[str, ...] = DEFAULT_CODECS) -> Answer:
     """Answer an offer from 192.0.2.5:40000."""
     return build_answer(
         parse_sdp(offer), address="192.0.2.5", port=40000, session_id=42, session_version=1,
-        supported=supported,
+        codecs=codecs,
     )
 
 
@@ -75,10 +76,41 @@ def test_pcmu_pcma_telephone_event_answer() -> None:
     assert again is not None and again.payload_types == [0, 101]
 
 
-def test_offer_order_decides_the_codec() -> None:
+BARESIP_OFFER = (  # what baresip 1.0 offers (its order: PCMU, PCMA, G.722)
+    b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 10000 RTP/AVP 0 8 9 101\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\n"
+    b"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
+)
+
+
+def test_our_preference_decides_the_codec_not_the_offer_order() -> None:
+    result = answer(BARESIP_OFFER)
+    assert (result.codec, result.payload_type, result.clock_rate) == ("G722", 9, 8000)
+    assert result.dtmf_payload_type == 101  # telephone-event as before, at the 8 kHz clock
+    assert b"m=audio 40000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n" in result.body
+    assert b"a=rtpmap:101 telephone-event/8000\r\n" in result.body
     offer = ASTERISK_OFFER.replace(b"RTP/AVP 0 8 101", b"RTP/AVP 8 0 101")
-    assert answer(offer).codec == "PCMA"
-    assert answer(ASTERISK_OFFER, supported=("PCMA",)).payload_type == 8
+    assert answer(offer).codec == "PCMU"  # no G.722 offered: PCMU, our next choice
+    assert answer(offer, ("PCMA", "PCMU")).codec == "PCMA"
+    assert answer(BARESIP_OFFER, ("PCMA", "G722")).codec == "PCMA"
+    assert answer(BARESIP_OFFER, ("PCMU",)).codec == "PCMU"
+    assert answer(ASTERISK_OFFER, ("PCMA",)).payload_type == 8
+
+
+def test_an_offer_of_g722_alone_gets_g722_static_or_dynamic() -> None:
+    only = BARESIP_OFFER.replace(b"RTP/AVP 0 8 9 101", b"RTP/AVP 9")
+    assert (answer(only).codec, answer(only).payload_type) == ("G722", 9)
+    assert answer(only).dtmf_payload_type is None
+    bare = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.30\r\ns=-\r\nc=IN IP4 192.0.2.30\r\nt=0 0\r\n"
+            b"m=audio 5004 RTP/AVP 9\r\n")  # static type 9, no rtpmap: G722/8000 by RFC 3551
+    assert answer(bare).codec == "G722"
+    dynamic = bare.replace(b"RTP/AVP 9\r\n", b"RTP/AVP 98\r\na=rtpmap:98 G722/8000\r\n")
+    assert (answer(dynamic).codec, answer(dynamic).payload_type) == ("G722", 98)
+    with pytest.raises(NoCommonCodec):
+        answer(only, ("PCMU", "PCMA"))
+    with pytest.raises(NoCommonCodec):  # a 16,000 Hz clock is not RFC 3551's G.722
+        answer(dynamic.replace(b"G722/8000", b"G722/16000"))
 
 
 def test_pcma_only_static_payload_without_rtpmap() -> None:

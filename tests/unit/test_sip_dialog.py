@@ -25,6 +25,7 @@ from voicedashd.sip.dialog import (
 from voicedashd.sip.fields import cseq_of, tag_of
 from voicedashd.sip.message import Request
 from voicedashd.sip.parser import parse_message
+from voicedashd.sip.sdp import DEFAULT_CODECS
 from voicedashd.sip.transaction import Timers
 
 SDP = ("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
@@ -32,6 +33,8 @@ SDP = ("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\
        "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n")
 HOLD = SDP.replace("a=sendrecv", "a=sendonly")
 G722_ONLY = SDP.replace("RTP/AVP 0 101", "RTP/AVP 9").replace("a=rtpmap:0 PCMU/8000", "")
+GSM_ONLY = SDP.replace("RTP/AVP 0 101", "RTP/AVP 3").replace("a=rtpmap:0 PCMU/8000", "")
+PCMU_AND_G722 = SDP.replace("RTP/AVP 0 101", "RTP/AVP 0 9 101")
 CONTACT = "<sip:127.0.0.1:5060>"
 TIMERS = Timers()
 
@@ -54,10 +57,10 @@ def message(method: str, *, cseq: int = 1, to_tag: str | None = None, body: str 
 
 
 def new_dialog(*, sdp: str = SDP, extra: str = "", retransmit_2xx: bool = True,
-               transport: str = "UDP") -> Dialog:
+               transport: str = "UDP", codecs: tuple[str, ...] = DEFAULT_CODECS) -> Dialog:
     invite = parse_invite(message("INVITE", body=sdp, extra=extra), transport=transport)
     return Dialog(invite, contact=CONTACT, user_agent="voicedashd-test", timers=TIMERS,
-                  retransmit_2xx=retransmit_2xx)
+                  retransmit_2xx=retransmit_2xx, codecs=codecs)
 
 
 def statuses(actions: list[Action]) -> list[int]:
@@ -150,7 +153,7 @@ def test_ring_then_answer_then_ack_confirms_once() -> None:
 
 
 def test_no_common_codec_is_refused_with_488_and_a_warning() -> None:
-    dialog = new_dialog(sdp=G722_ONLY)
+    dialog = new_dialog(sdp=GSM_ONLY)
     actions = dialog.ring(0.0)
     assert statuses(actions) == [488] and ended(actions) == ["rejected"]
     [refusal, _] = actions
@@ -302,12 +305,29 @@ def test_reinvite_hold_and_unhold_change_the_answer_and_its_version() -> None:
     assert dialog.state is DialogState.CONFIRMED
 
 
+def test_the_codec_follows_our_preference_and_a_reinvite_keeps_it_while_offered() -> None:
+    wideband = confirmed(sdp=PCMU_AND_G722)
+    assert wideband.answer_sdp is not None and wideband.answer_sdp.codec == "G722"
+    assert confirmed(sdp=G722_ONLY).answer_sdp.codec == "G722"  # type: ignore[union-attr]
+    narrow = confirmed(sdp=PCMU_AND_G722, codecs=("PCMU", "G722"))
+    assert narrow.answer_sdp is not None and narrow.answer_sdp.codec == "PCMU"
+    # The PBX re-offers both (unhold): the codec in use stays, though G.722 comes first in
+    # media.codecs; dropped from an offer, the next of ours takes over.
+    dialog = confirmed(sdp=SDP, codecs=("G722", "PCMU"))
+    again = dialog.receive(in_dialog(dialog, "INVITE", cseq=2, body=PCMU_AND_G722), 1.0)
+    [changed] = [a for a in again if isinstance(a, MediaChanged)]
+    assert changed.answer.codec == "PCMU"
+    only = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=G722_ONLY), 2.0)
+    [changed] = [a for a in only if isinstance(a, MediaChanged)]
+    assert changed.answer.codec == "G722" and b"RTP/AVP 9\r\n" in changed.answer.body
+
+
 def test_reinvite_with_the_same_offer_keeps_the_version_and_bad_sdp_gets_488() -> None:
     dialog = confirmed()
     same = dialog.receive(in_dialog(dialog, "INVITE", cseq=2, body=SDP), 1.0)
     [changed] = [a for a in same if isinstance(a, MediaChanged)]
     assert _version(changed.answer.body) == 1
-    bad = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=G722_ONLY), 2.0)
+    bad = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=GSM_ONLY), 2.0)
     assert statuses(bad) == [100, 488]
     stale = dialog.receive(in_dialog(dialog, "INVITE", cseq=3, body=SDP), 3.0)
     assert statuses(stale) == [100, 500]

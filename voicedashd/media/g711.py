@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +72,8 @@ def _by_bit_pattern(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 class G711:
     """One G.711 law: its RTP name, static payload type, silence byte and lookup tables."""
 
+    sample_rate: ClassVar[int] = 8000  # the audio's rate, here the RTP clock's too
+
     name: str
     payload_type: int
     silence: int
@@ -85,6 +88,9 @@ class G711:
         """Decode code bytes to 16-bit samples (8 kHz)."""
         return self._decode.take(np.frombuffer(payload, dtype=np.uint8))
 
+    def restart_decoder(self) -> None:
+        """A new inbound stream: nothing to forget (G.711 has no state)."""
+
     def silence_frame(self, samples: int) -> bytes:
         """Encoded digital silence of this many samples (comfort silence)."""
         return bytes([self.silence]) * samples
@@ -94,10 +100,3 @@ PCMU = G711("PCMU", 0, 0xFF, _frozen(_ulaw_encode_table()), _frozen(_ulaw_decode
 PCMA = G711("PCMA", 8, 0xD5, _frozen(_alaw_encode_table()), _frozen(_alaw_decode_table()))
 CODECS = {codec.name: codec for codec in (PCMU, PCMA)}
 
-
-def codec_named(name: str) -> G711:
-    """The codec for an SDP encoding name (PCMU or PCMA, any case)."""
-    try:
-        return CODECS[name.upper()]
-    except KeyError:
-        raise ValueError(f"unsupported codec {name!r}: voicedashd speaks PCMU and PCMA") from None

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import trio
 
-from .g711 import G711
+from .codecs import Codec
 
 PTIME = 0.020
 # After a stall (the process was not scheduled), up to this many overdue packets go out back
@@ -40,9 +40,13 @@ class SenderStats:
 
 @dataclass(eq=False)
 class RtpSender:
-    """One call's outbound RTP stream: header state, queued audio, comfort silence (sans-IO)."""
+    """One call's outbound RTP stream: header state, queued audio, comfort silence (sans-IO).
 
-    codec: G711
+    Every codec we speak makes one byte per RTP clock tick (G.711: a sample at 8 kHz; G.722:
+    two at 16 kHz), so a packet is `samples` bytes and the timestamp advances by as many.
+    """
+
+    codec: Codec
     payload_type: int
     ptime: float = PTIME
     clock_rate: int = 8000
@@ -59,14 +63,12 @@ class RtpSender:
 
     def __post_init__(self) -> None:
         self.samples = round(self.clock_rate * self.ptime)
-        self._silence = self.codec.silence_frame(self.samples)
 
-    def set_codec(self, codec: G711, payload_type: int) -> None:
+    def set_codec(self, codec: Codec, payload_type: int) -> None:
         """Switch codec (a re-INVITE changed it); audio queued in the old one is dropped."""
         self.flush()
         self.codec = codec
         self.payload_type = payload_type
-        self._silence = codec.silence_frame(self.samples)
 
     # -- the queue -----------------------------------------------------------------------
 
@@ -109,13 +111,14 @@ class RtpSender:
             payload = bytes(self._queue[:n])
             del self._queue[:n]
             if len(payload) < n:
-                payload += self._silence[len(payload):]
+                payload += self.codec.silence_frame(n - len(payload))
             marker = not self._talking  # first packet of a talkspurt
             self._talking = True
             self.stats.audio += 1
             self._wake_writers()
         else:
-            payload = self._silence
+            # Asked of the codec each time, in stream order: G.722's encoder has state.
+            payload = self.codec.silence_frame(n)
             marker = not self._started
             self._talking = False
             self.stats.silence += 1

@@ -18,8 +18,9 @@ import trio
 from ..config import MediaConfig
 from ..metrics import Metrics
 from ..sip.sdp import HOLD_ADDRESSES, Answer
+from .codecs import Codec, open_codec
 from .dtmf import DtmfDigit
-from .g711 import Pcm, codec_named
+from .g711 import Pcm
 from .jitter import JitterStats
 from .ports import RtpSockets
 from .record import WavRecorder
@@ -31,7 +32,6 @@ from .strict import DropLog, Source, StrictRtp, Verdict
 log = structlog.get_logger(__name__)
 
 PIPELINE_RATE = 16000
-RTP_CLOCK = 8000
 INBOUND_FRAMES = 50  # 1 s of 20 ms frames waiting for the consumer; beyond that, frames drop
 MAX_QUEUED = 1.0  # seconds of outbound audio send_pcm lets pile up before it waits
 RECV_SIZE = 2048
@@ -144,12 +144,15 @@ class MediaSession:
         self._current_answer = answer
         self._on_dtmf = on_dtmf
         self._send_frames, self.inbound = trio.open_memory_channel[PcmFrame](INBOUND_FRAMES)
-        self._codec = codec_named(first.codec)
+        self._codec: Codec = open_codec(first.codec)
         self._sender = RtpSender(self._codec, first.payload_type)
         self._stream = InboundStream(first.payload_type, first.dtmf_payload_type,
                                      jitter_delay=settings.jitter)
-        self._decoder = Resampler(RTP_CLOCK, self.rate)
-        self._encoder = Resampler(self.rate, RTP_CLOCK)
+        # G.711 is 8 kHz audio, resampled to and from the pipeline's 16 kHz; G.722 is 16 kHz
+        # already, and these pass it through untouched.
+        self._decoder = Resampler(self._codec.sample_rate, self.rate)
+        self._encoder = Resampler(self.rate, self._codec.sample_rate)
+        self._decoding_ssrc: int | None = None
         self._flushes = 0
         self._frames_dropped = 0
         self._send_errors = 0
@@ -275,11 +278,12 @@ class MediaSession:
         self._strict.sdp_changed(sdp, sdp_allowed=self._may_send_to(sdp[0]))
 
     def _apply(self, answer: Answer) -> None:
-        codec = codec_named(answer.codec)
-        if codec is not self._codec or answer.payload_type != self._sender.payload_type:
-            self._codec = codec
-            self._sender.set_codec(codec, answer.payload_type)
-            self._encoder.reset()
+        if (answer.codec != self._codec.name
+                or answer.payload_type != self._sender.payload_type):
+            self._codec = open_codec(answer.codec)
+            self._sender.set_codec(self._codec, answer.payload_type)
+            self._decoder = Resampler(self._codec.sample_rate, self.rate)
+            self._encoder = Resampler(self.rate, self._codec.sample_rate)
         if (answer.payload_type, answer.dtmf_payload_type) != (
                 self._stream.audio_payload_type, self._stream.dtmf_payload_type):
             self._stream = InboundStream(answer.payload_type, answer.dtmf_payload_type,
@@ -395,6 +399,10 @@ class MediaSession:
             if isinstance(item, DtmfDigit):
                 self._on_dtmf(item)
                 continue
+            if item.ssrc != self._decoding_ssrc:
+                if self._decoding_ssrc is not None:  # the peer restarted its stream
+                    self._codec.restart_decoder()
+                self._decoding_ssrc = item.ssrc
             pcm = self._decoder.process(self._codec.decode(item.payload))
             if not len(pcm):
                 continue

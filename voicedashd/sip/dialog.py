@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -33,6 +33,7 @@ from voicedashd.sip.fields import (
 from voicedashd.sip.message import Headers, Request, Response
 from voicedashd.sip.parser import make_response
 from voicedashd.sip.sdp import (
+    DEFAULT_CODECS,
     Answer,
     NoCommonCodec,
     SdpError,
@@ -225,8 +226,10 @@ class Dialog:
     """The UAS side of one INVITE dialog; no sockets, no sleeping."""
 
     def __init__(self, invite: Invite, *, contact: str, user_agent: str,
-                 timers: Timers = DEFAULT_TIMERS, retransmit_2xx: bool = True) -> None:
+                 timers: Timers = DEFAULT_TIMERS, retransmit_2xx: bool = True,
+                 codecs: Sequence[str] = DEFAULT_CODECS) -> None:
         self.invite = invite
+        self.codecs = tuple(codecs)
         self.local_tag = new_tag()
         self.timers = timers
         self._contact = contact
@@ -286,7 +289,8 @@ class Dialog:
         try:
             # A dry run: whether there is a common codec does not depend on our address.
             build_answer(self.invite.offer, address="0.0.0.0", port=9,
-                         session_id=self._session_id, session_version=self._session_version)
+                         session_id=self._session_id, session_version=self._session_version,
+                         codecs=self.codecs)
         except NoCommonCodec:
             return self.reject(488, "Not Acceptable Here - no common codec",
                                reason="rejected", headers=[_NO_COMMON_CODEC_WARNING])
@@ -419,8 +423,10 @@ class Dialog:
     def _build_answer(self, offer: SessionDescription) -> Answer:
         assert self._media is not None
         address, port = self._media
+        # A re-INVITE keeps the codec in use while it is still offered (RFC 3264 §8.3.2).
+        codecs = self.codecs if self._answer is None else (self._answer.codec, *self.codecs)
         return build_answer(offer, address=address, port=port, session_id=self._session_id,
-                            session_version=self._session_version)
+                            session_version=self._session_version, codecs=codecs)
 
     def _ok(self, request: Request) -> Response:
         assert self._answer is not None

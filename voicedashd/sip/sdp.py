@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..config import MEDIA_CODECS
+
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 ANSWER_DIRECTION = {
     "sendrecv": "sendrecv",
@@ -25,6 +27,9 @@ STATIC_PAYLOADS: dict[int, tuple[str, int]] = {
 }
 RTP_PROFILES = ("RTP/AVP", "RTP/AVPF")
 DEFAULT_PTIME = 20
+# What we answer with, most preferred first (RFC 3551 names; all with an 8,000 Hz RTP clock):
+# media.codecs' default.
+DEFAULT_CODECS = MEDIA_CODECS
 DTMF_EVENTS = "0-16"
 HOLD_ADDRESSES = ("0.0.0.0", "::")
 
@@ -222,19 +227,14 @@ def parse_sdp(body: bytes) -> SessionDescription:
     return session
 
 
-def _choose_codec(media: MediaDescription, supported: Sequence[str]) -> RtpMap | None:
-    """Return the first offered payload format we support, or None."""
-    wanted = {name.upper() for name in supported}
+def _choose_codec(media: MediaDescription, codecs: Sequence[str]) -> RtpMap | None:
+    """Return the offered payload format of the first codec in our preference list, or None."""
+    offered: dict[str, RtpMap] = {}
     for pt in media.payload_types:
         fmt = media.payload_format(pt)
-        if (
-            fmt is not None
-            and fmt.encoding.upper() in wanted
-            and fmt.clock_rate == 8000
-            and fmt.channels in (None, 1)
-        ):
-            return fmt
-    return None
+        if fmt is not None and fmt.clock_rate == 8000 and fmt.channels in (None, 1):
+            offered.setdefault(fmt.encoding.upper(), fmt)  # the offerer's first PT of a codec
+    return next((offered[name.upper()] for name in codecs if name.upper() in offered), None)
 
 
 def _telephone_event(media: MediaDescription, clock_rate: int) -> int | None:
@@ -253,20 +253,24 @@ def build_answer(
     port: int,
     session_id: int,
     session_version: int,
-    supported: Sequence[str] = ("PCMU", "PCMA"),
+    codecs: Sequence[str] = DEFAULT_CODECS,
 ) -> Answer:
-    """Answer an offer with one audio stream (RFC 3264 §6); other streams are rejected."""
+    """Answer an offer with one audio stream (RFC 3264 §6); other streams are rejected.
+
+    The codec is the first of `codecs` (our preference, media.codecs) that the offer has,
+    whatever the offer's order: G.722 carries 16 kHz audio, what the recogniser wants.
+    """
     chosen: tuple[MediaDescription, RtpMap] | None = None
     for media in offer.media:
         if media.media != "audio" or media.port == 0 or media.proto not in RTP_PROFILES:
             continue
-        codec = _choose_codec(media, supported)
+        codec = _choose_codec(media, codecs)
         if codec is not None:
             chosen = (media, codec)
             break
     if chosen is None:
         raise NoCommonCodec(
-            f"no active RTP/AVP audio stream offers any of {', '.join(supported)}"
+            f"no active RTP/AVP audio stream offers any of {', '.join(codecs)}"
         )
     media, codec = chosen
     if media.connection is None:
