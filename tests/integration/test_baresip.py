@@ -33,6 +33,7 @@ QUESTION = "What are your opening hours on Saturday?"
 GOODBYE = "Okay, thanks, goodbye."
 VOICE = "festival-slt-hts"  # not the bot's voice (hibari)
 RATE = 8000  # the caller's WAV at the G.711 rate: baresip 1.0's own resampler garbles speech
+WIDE_RATE = 16000  # the caller's WAV for a G.722 call, at the codec's own rate
 CODECS = ("PCMU", "PCMA")
 LEAD = 3.0  # the caller keeps quiet while the bot greets
 CALL_SECONDS = 60.0  # the WAV's length: baresip ends the call when its source runs out
@@ -40,18 +41,18 @@ DIGITS = "147#"
 FAREWELL = ["Thank you for calling.", "Goodbye."]
 
 
-def caller_wav(text: str, directory: Path) -> Path:
-    """A voice other than the bot's says text: 8 kHz mono 16-bit WAV, silence around it."""
+def caller_wav(text: str, directory: Path, rate: int = RATE) -> Path:
+    """A voice other than the bot's says text: mono 16-bit WAV at rate, silence around it."""
     directory.mkdir(parents=True, exist_ok=True)
     raw = directory / "raw.wav"
     VOICES[VOICE].synthesise(text, raw)
     narrow = directory / "narrow.wav"
-    subprocess.run([shutil.which("sox") or "sox", "-D", str(raw), "-r", str(RATE), "-c", "1",
+    subprocess.run([shutil.which("sox") or "sox", "-D", str(raw), "-r", str(rate), "-c", "1",
                     "-b", "16", str(narrow), "norm", "-3"],
                    check=True, capture_output=True, timeout=TOOL_TIMEOUT)
     with wave.open(str(narrow)) as speech:
         pcm = np.frombuffer(speech.readframes(speech.getnframes()), dtype=np.int16)
-    return wav_for_call(pcm, RATE, directory / "caller.wav", lead=LEAD, seconds=CALL_SECONDS)
+    return wav_for_call(pcm, rate, directory / "caller.wav", lead=LEAD, seconds=CALL_SECONDS)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,7 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The caller's lines as baresip's audio source."""
     directory = tmp_path_factory.mktemp("baresip-voices")
     return {"question": caller_wav(QUESTION, directory / "question"),
+            "question-wide": caller_wav(QUESTION, directory / "question-wide", WIDE_RATE),
             "goodbye": caller_wav(GOODBYE, directory / "goodbye")}
 
 
@@ -119,13 +121,17 @@ async def rest_transcript(config: DaemonConfig, call_id: str) -> dict[str, Any]:
     return dict(answer.json())
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize(("transport", "codec"),
+                         [("udp", "PCMU"), ("tcp", "PCMU"), ("udp", "G722")])
 async def test_baresip_asks_and_hears_the_answer(tmp_path: Path, voices: dict[str, Path],
-                                                 transport: str) -> None:
+                                                 transport: str, codec: str) -> None:
     """baresip's recorded question → final transcript → knowledge answer (tts) → the answer
-    decoded by baresip and recognised back; its SDP and RTP are 127.0.0.1; it hangs up."""
+    decoded by baresip (its own G.711 or G.722) and recognised back; its SDP and RTP are
+    127.0.0.1; it hangs up."""
     config = daemon_config(tmp_path)
-    setup = BaresipSetup(tmp_path / "baresip", voices["question"], codecs=CODECS)
+    wide = codec == "G722"
+    setup = BaresipSetup(tmp_path / "baresip", voices["question-wide" if wide else "question"],
+                         codecs=("G722",) if wide else CODECS)
     with trio.fail_after(90):
         async with run_daemon(config.path) as daemon, run_baresip(setup) as phone:
             call_id = await established(phone, daemon, dial_uri(config, transport))
@@ -152,7 +158,7 @@ async def test_baresip_asks_and_hears_the_answer(tmp_path: Path, voices: dict[st
     assert ("caller", final["text"]) in lines and ("bot", answer["text"]) in lines, transcript
     assert transcript["ended"] is True, transcript
     # Its SDP names 127.0.0.1 (net_interface), and its RTP comes from there.
-    assert (session["address"], session["codec"]) == ("127.0.0.1", "PCMU"), session
+    assert (session["address"], session["codec"]) == ("127.0.0.1", codec), session
     assert (learnt["address"], learnt["sdp_address"]) == ("127.0.0.1", "127.0.0.1"), learnt
     assert learnt["port"] == learnt["sdp_port"], learnt
     # The bot's speech, as baresip decoded it, says the answer.
