@@ -144,14 +144,18 @@ class VoiceCall:
         while True:
             data = await self.rtp.recv(2048)
             if len(data) > 12:
-                payload = data[12:]
-                self.received.append((trio.current_time(), payload))
-                level = (packet_levels([payload])[0] if self._decoder is None
-                         else _rms(self._decoder.decode(payload)))
-                self.levels.append(level)
+                level = self.keep(trio.current_time(), data[12:])
                 if (self.speech_end is not None and not self.answered.is_set()
                         and level > SILENT_RMS):
                     self.answered.set()
+
+    def keep(self, arrival: float, payload: bytes) -> float:
+        """Record a received payload and its level (RMS); return the level."""
+        self.received.append((arrival, payload))
+        level = (packet_levels([payload])[0] if self._decoder is None
+                 else _rms(self._decoder.decode(payload)))
+        self.levels.append(level)
+        return level
 
     async def answer_bye(self) -> None:
         """Answer the daemon's BYE (the bot hung up, or the call failed); note the 200 to ours."""

@@ -220,7 +220,7 @@ class ScriptedCall(VoiceCall):
             data = await self.rtp.recv(2048)
             if len(data) > 12:
                 now, payload = trio.current_time(), data[12:]
-                self.received.append((now, payload))
+                self.keep(now, payload)
                 if self.echo_delay is not None:
                     self._echo.append((now + self.echo_delay, quieter(payload, self.echo_gain)))
                 self._heard.set()
