@@ -14,7 +14,8 @@ from voicedashd.passwords import hash_password
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Environment variables the changed config names in api_key_env; validation wants them set.
 KEY_ENV = {"TEST_STT_KEY": "x", "TEST_TTS_KEY": "x", "TEST_LLM_KEY": "x"}
-_ARRAYS = ("sip.trunks", "tenants", "users", "voicebot.overrides")
+_ARRAYS = ("sip.trunks", "tenants", "users", "voicebot.overrides", "webhooks")
+WEBHOOK_SECRETS = ("webhook-secret", "webhook-secret-2")
 
 
 def readme_reload_column(readme: str | None = None) -> dict[str, str]:
@@ -46,6 +47,7 @@ def _row_keys(cell: str) -> list[str]:
 
 def start_values(config: DaemonConfig) -> dict[str, Any]:
     """Every key at the value the daemon starts with (None: unset)."""
+    _write_webhook_secrets(config)
     low, high = config.rtp_ports
     return {
         "sip.listen": f"127.0.0.1:{config.sip_port}",
@@ -139,13 +141,25 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "voicebot.overrides.fallback": [None],
         "voicebot.overrides.farewell": [None],
         "voicebot.overrides.system_prompt": [None],
+        # Port 9 (discard) has no listener on loopback: a delivery would be refused, retried.
+        "webhooks.url": ["http://127.0.0.1:9/hooks"],
+        "webhooks.secret_file": ["webhook-secret"],
+        "webhooks.events": [["call_ended"]],
+        "webhooks.tenant": [None],
+        "webhooks.retry_base": ["30s"],
     }
+
+
+def _write_webhook_secrets(config: DaemonConfig) -> None:
+    for name in WEBHOOK_SECRETS:
+        (config.dir / name).write_text(f"{name}: a webhook secret of at least 32 bytes")
 
 
 def changed_values(config: DaemonConfig) -> dict[str, Any]:
     """Every key at a valid value different from start_values (files and folders created)."""
     (config.dir / "knowledge").mkdir(exist_ok=True)
     (config.dir / "jwt-secret-2").write_text("another secret of at least 32 bytes, for tests")
+    _write_webhook_secrets(config)
     low, high = config.rtp_ports
     return {
         "sip.listen": f"127.0.0.1:{config.sip_port + 1}",
@@ -239,6 +253,11 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "voicebot.overrides.fallback": ["Ask initech."],
         "voicebot.overrides.farewell": ["Bye from initech."],
         "voicebot.overrides.system_prompt": ["Speak for initech."],
+        "webhooks.url": ["http://127.0.0.1:9/hooks-2"],
+        "webhooks.secret_file": ["webhook-secret-2"],
+        "webhooks.events": [["call_ended", "call_summary"]],
+        "webhooks.tenant": ["initech"],
+        "webhooks.retry_base": ["1m"],
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -190,3 +191,8 @@ async def read_transcript(store: Store, bus: EventBus, call_id: str) -> list[Tra
     """Return a live or finished call's transcript in seq order; ValueError as events_since."""
     entries = (transcript_entry(e) for e in await events_since(store, bus, call_id))
     return [entry for entry in entries if entry is not None]
+
+
+def summary_from_row(row: Mapping[str, Any]) -> CallSummary:
+    """A stored call's summary from its row of the calls table (a dict or sqlite3.Row)."""
+    return _summary(dict(row))

@@ -23,10 +23,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from .events import event_types
 
 SECRET_ENV = "VOICEDASHD_JWT_SECRET"
 MIN_SECRET_BYTES = 32
@@ -359,6 +362,70 @@ class LogConfig(_Section):
     dtmf_digits: bool = False  # the keys a caller pressed are often PINs or card numbers
 
 
+# Event names a webhook may ask for besides those of events.py: call_summary is published by
+# the call summary of issue 16, built beside webhooks; this keeps configs that name it valid.
+WEBHOOK_EXTRA_EVENTS = ("call_summary",)
+
+
+def webhook_event_names() -> tuple[str, ...]:
+    """The event names [[webhooks]] events may list, sorted."""
+    return tuple(sorted({*event_types(), *WEBHOOK_EXTRA_EVENTS}))
+
+
+def check_webhook_url(value: str) -> str:
+    """Accept an http(s) URL with a host and no credentials; the name is never looked up here."""
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'expected an http:// or https:// URL such as '
+                         f'"https://hooks.example.com/voicedashd", got {value!r}')
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (user:password@): deliveries are signed "
+                         "with secret_file instead")
+    if parts.fragment or any(c.isspace() for c in text):
+        raise ValueError(f"must have no fragment and no spaces, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"port of {value!r} must be 1-65535") from None
+    return text
+
+
+class WebhookConfig(_Section):
+    """[[webhooks]]: an HTTP endpoint that is POSTed chosen call events, signed with a secret."""
+
+    url: Annotated[str, AfterValidator(check_webhook_url)]
+    secret_file: Path
+    events: tuple[str, ...] = Field(min_length=1)
+    tenant: str | None = None
+    retry_base: Duration = 30.0
+    # Read from secret_file when the file is loaded; never a key, never in a repr or a log.
+    _secret: bytes = PrivateAttr(default=b"")
+
+    @property
+    def secret(self) -> bytes:
+        """The HMAC key read from secret_file."""
+        return self._secret
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = webhook_event_names()
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown event {name!r}; known: {', '.join(known)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{next(n for n in value if value.count(n) > 1)!r} is listed twice")
+        return value
+
+    @field_validator("retry_base")
+    @classmethod
+    def _retry_base(cls, value: float) -> float:
+        if not 0.1 <= value <= 3600:
+            raise ValueError(f'must be between "100ms" and "1h", got {value:g}s')
+        return value
+
+
 class TenantConfig(_Section):
     """[[tenants]]: one organisation, found from the SIP domain."""
 
@@ -550,6 +617,7 @@ class _FileModel(_Section):
     tenants: tuple[TenantConfig, ...] = Field(min_length=1)
     users: tuple[UserConfig, ...] = ()
     voicebot: VoicebotConfig = VoicebotConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     @model_validator(mode="after")
     def _references(self) -> _FileModel:
@@ -576,6 +644,13 @@ class _FileModel(_Section):
                     f"{user.tenant}"
                 )
             seen.add(key)
+        urls: set[str] = set()
+        for index, hook in enumerate(self.webhooks):
+            if hook.tenant is not None and hook.tenant not in names:
+                raise ValueError(f"webhooks[{index}].tenant: no tenant named {hook.tenant!r}")
+            if hook.url in urls:
+                raise ValueError(f"webhooks[{index}].url: {hook.url!r} appears twice")
+            urls.add(hook.url)
         return self
 
 
@@ -596,6 +671,7 @@ class Config:
     users: tuple[UserConfig, ...]
     jwt_secret: bytes
     voicebot: VoicebotConfig = field(default_factory=VoicebotConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     def __repr__(self) -> str:
         return f"Config(path={str(self.path)!r})"
@@ -682,6 +758,29 @@ def _load_secret(auth: AuthConfig, environ: Mapping[str, str]) -> bytes:
     return secret
 
 
+def _load_webhooks(base: Path, webhooks: tuple[WebhookConfig, ...]) -> tuple[WebhookConfig, ...]:
+    """Resolve each webhook's secret_file and read its secret (at least MIN_SECRET_BYTES)."""
+    loaded, problems = [], []
+    for index, hook in enumerate(webhooks):
+        path = _resolve(base, hook.secret_file)
+        key = f"webhooks[{index}].secret_file"
+        try:
+            secret = path.read_bytes().strip() if path is not None else b""
+        except OSError as exc:
+            problems.append(f"{key}: cannot read {path}: {exc.strerror}")
+            continue
+        if len(secret) < MIN_SECRET_BYTES:
+            problems.append(f"{key}: secret must be at least {MIN_SECRET_BYTES} bytes, "
+                            f"got {len(secret)}")
+            continue
+        resolved = hook.model_copy(update={"secret_file": path})
+        resolved._secret = secret
+        loaded.append(resolved)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(loaded)
+
+
 def parse_config(
     text: str, *, path: Path, environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -723,6 +822,7 @@ def parse_config(
         users=model.users,
         jwt_secret=_load_secret(auth, environ),
         voicebot=voicebot,
+        webhooks=_load_webhooks(base, model.webhooks),
     )
 
 
@@ -851,6 +951,11 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "voicebot.overrides.fallback": _LIVE,
     "voicebot.overrides.farewell": _LIVE,
     "voicebot.overrides.system_prompt": _LIVE,
+    "webhooks.url": _LIVE,
+    "webhooks.secret_file": _LIVE,
+    "webhooks.events": _LIVE,
+    "webhooks.tenant": _LIVE,
+    "webhooks.retry_base": _LIVE,
 })
 # Config attributes resolved from a key rather than read from the file: they change, and are
 # kept, with that key (the secret may also come from VOICEDASHD_JWT_SECRET).

@@ -34,6 +34,7 @@ from .sip.serve import serve_sip
 from .sip.transport import TcpLimits, open_transport
 from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
+from .webhooks import WebhookOutbox, serve_webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -95,13 +96,16 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
     readiness = Readiness()
     notifier = Notifier.from_environ(environ)
     with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
-        async with notifier, open_store(config.store.path, metrics) as store:
+        outbox = WebhookOutbox(lambda: live.current.webhooks, metrics)
+        async with notifier, open_store(config.store.path, metrics, outbox) as store:
             await _close_interrupted_calls(store)
             readiness.probes["store"] = store.check
             readiness.mark_up("store")
             http_shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_writer)
+                await nursery.start(serve_webhooks, store, outbox, lambda: live.current.webhooks,
+                                    metrics)
                 bus = EventBus(store, metrics)
                 voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
                 # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.

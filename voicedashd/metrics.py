@@ -109,6 +109,27 @@ class Metrics:
             registry=r)
         for reason in ("foreign_source", "probation"):
             self.rtp_dropped.labels(reason=reason)
+        self.webhook_enqueued = Counter(
+            "voicedashd_webhook_enqueued",
+            "Webhook deliveries enqueued: one per stored event per [[webhooks]] entry wanting it",
+            registry=r)
+        self.webhook_deliveries = Counter(
+            "voicedashd_webhook_deliveries",
+            "Webhook deliveries finished, by outcome: delivered (a 2xx answer), failed (no 2xx "
+            "within 24 h), removed (its webhook left the config)", ["outcome"], registry=r)
+        for outcome in ("delivered", "failed", "removed"):
+            self.webhook_deliveries.labels(outcome=outcome)
+        self.webhook_attempt_failures = Counter(
+            "voicedashd_webhook_attempt_failures",
+            "Webhook tries that failed, by reason: status (a non-2xx answer), timeout, "
+            "connection", ["reason"], registry=r)
+        for reason in ("status", "timeout", "connection"):
+            self.webhook_attempt_failures.labels(reason=reason)
+        self.webhook_retries = Counter(
+            "voicedashd_webhook_retries", "Webhook tries after a delivery's first", registry=r)
+        self.webhook_queue_depth = Gauge(
+            "voicedashd_webhook_queue_depth", "Webhook deliveries pending in the store",
+            registry=r)
         self.asyncio_tasks = Gauge(
             "voicedashd_asyncio_tasks", "Tasks on the asyncio loop that hosts the pipelines",
             registry=r)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import trio
@@ -62,6 +62,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
     CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);
     """,
+    # Webhook deliveries (webhooks/queue.py): enqueued in the transaction that stores their
+    # event; state is pending until delivered (2xx) or failed (gave up, or webhook removed).
+    """
+    CREATE TABLE webhook_deliveries (
+        delivery_id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        finished_at REAL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+        WHERE state = 'pending';
+    CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
+        WHERE state != 'pending';
+    """,
 )
 
 
@@ -74,6 +95,18 @@ SEQ_GAP_AFTER_CRASH = 1000
 
 class StoreError(Exception):
     """The database cannot be opened or used."""
+
+
+class Outbox(Protocol):
+    """Work written in the same transaction as each stored event (webhook deliveries)."""
+
+    def enqueue(self, conn: sqlite3.Connection, event: CallEvent) -> int:
+        """Write the work for a newly stored event (worker thread); return how many rows."""
+        ...
+
+    def committed(self, count: int) -> None:
+        """Learn that count rows enqueued by enqueue are committed (Trio thread)."""
+        ...
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -103,10 +136,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class Store:
     """One SQLite connection used from worker threads, one statement batch at a time."""
 
-    def __init__(self, conn: sqlite3.Connection, metrics: Metrics) -> None:
+    def __init__(self, conn: sqlite3.Connection, metrics: Metrics,
+                 outbox: Outbox | None = None) -> None:
         self._conn = conn
         self._lock = trio.Lock()
         self._metrics = metrics
+        self._outbox = outbox
         self._pending: list[CallInfo | CallEvent] = []
         self._wakeup = trio.Event()
         self._flushed = trio.Condition()
@@ -167,11 +202,16 @@ class Store:
         if not batch:
             return
         started = time.perf_counter()
-        await self.run(lambda conn: _write_events(conn, batch))
+        enqueued = await self.run(lambda conn: _write_events(conn, batch, self._outbox))
         self._metrics.store_write_seconds.observe(time.perf_counter() - started)
+        self._committed(enqueued)
         async with self._flushed:
             self._written += len(batch)
             self._flushed.notify_all()
+
+    def _committed(self, enqueued: int) -> None:
+        if enqueued and self._outbox is not None:
+            self._outbox.committed(enqueued)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -185,15 +225,18 @@ class Store:
         with a stored call_ended (reason; seq past any the process could have published)."""
         end_reason = EndReason(reason)
 
-        def _close(conn: sqlite3.Connection) -> int:
+        def _close(conn: sqlite3.Connection) -> tuple[int, int]:
             rows = conn.execute(
                 "SELECT c.call_id, c.started_at, c.answered_at, e.seq, e.ts FROM calls c"
                 " LEFT JOIN events e ON e.call_id = c.call_id AND e.seq ="
                 " (SELECT MAX(seq) FROM events WHERE call_id = c.call_id)"
                 " WHERE c.ended_at IS NULL").fetchall()
-            _write_events(conn, [_interrupted(row, end_reason) for row in rows])
-            return len(rows)
-        return await self.run(_close)
+            enqueued = _write_events(conn, [_interrupted(row, end_reason) for row in rows],
+                                     self._outbox)
+            return len(rows), enqueued
+        closed, enqueued = await self.run(_close)
+        self._committed(enqueued)
+        return closed
 
 
 def _interrupted(row: sqlite3.Row, reason: EndReason) -> CallEnded:
@@ -208,7 +251,11 @@ def _interrupted(row: sqlite3.Row, reason: EndReason) -> CallEnded:
                      ts=ended_at, reason=reason, duration=round(duration, 3))
 
 
-def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -> None:
+def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent],
+                  outbox: Outbox | None = None) -> int:
+    """Write a batch in one transaction, with the outbox's work for each new event; return
+    how many outbox rows were written."""
+    enqueued = 0
     with conn:
         conn.execute("BEGIN")
         for event in batch:
@@ -227,20 +274,24 @@ def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -
                 conn.execute(
                     "UPDATE calls SET ended_at = ?, end_reason = ?, duration = ? WHERE call_id = ?",
                     (event.ts.isoformat(), event.reason.value, event.duration, event.call_id))
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT OR IGNORE INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
                 (event.call_id, event.seq, event.name, event.ts.isoformat(),
-                 json.dumps(event.data())))
+                 json.dumps(event.data()))).rowcount
+            if inserted and outbox is not None:
+                enqueued += outbox.enqueue(conn, event)
+    return enqueued
 
 
 @asynccontextmanager
-async def open_store(path: Path, metrics: Metrics) -> AsyncIterator[Store]:
+async def open_store(path: Path, metrics: Metrics,
+                     outbox: Outbox | None = None) -> AsyncIterator[Store]:
     """Open (creating and migrating) the database; close it on exit."""
     try:
         conn = await trio.to_thread.run_sync(_connect, path)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"store.path: cannot open {path}: {exc}") from None
     try:
-        yield Store(conn, metrics)
+        yield Store(conn, metrics, outbox)
     finally:
         conn.close()
