@@ -241,3 +241,19 @@ async def test_a_webhook_removed_from_the_config_drops_its_pending_deliveries(
         await daemon.until("voicedashd_webhook_deliveries_total", 1, outcome="removed")
     stored = rows(path, "SELECT state, attempts, last_error FROM webhook_deliveries")
     assert [tuple(r) for r in stored] == [("failed", 1, "webhook removed from config")]
+
+
+async def test_an_event_stored_once_is_enqueued_once(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    hooks = [webhook("http://127.0.0.1:9/hook")]
+    outbox = WebhookOutbox(lambda: hooks, Metrics())
+    ended = CallEnded(call_id="c-1", seq=2, ts=T0, reason=EndReason.CALLER_HANGUP, duration=1.0)
+    async with open_store(path, Metrics(), outbox) as store, trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        store.submit_call(info("c-1"))
+        store.submit(ended)
+        store.submit(ended)         # the same (call_id, seq): ignored by the events table
+        await store.flush()
+        nursery.cancel_scope.cancel()
+    assert len(rows(path, "SELECT * FROM events")) == 1
+    assert len(rows(path, "SELECT * FROM webhook_deliveries")) == 1
