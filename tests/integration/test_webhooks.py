@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -68,6 +69,7 @@ async def test_a_call_is_posted_signed_and_a_receiver_answering_500_twice_gets_t
                 await receiver.wait_for(lambda got: len([r for r in got if r.status == 200])
                                         == 2, timeout=30)
                 await daemon.wait_for_count("webhook_delivered", 2)
+                assert SECRET.decode() not in "\n".join(daemon.raw_stderr)
                 with trio.fail_after(10):
                     while True:     # the queue depth is read again after the last record
                         page = (await http.get("/metrics")).text
@@ -130,3 +132,21 @@ async def test_a_restart_between_tries_still_delivers_exactly_once(tmp_path: Pat
             states = conn.execute("SELECT state, COUNT(*) FROM webhook_deliveries"
                                   " GROUP BY state").fetchall()
         assert states == [("delivered", 3)]
+
+
+async def test_a_webhook_added_by_a_reload_gets_the_next_calls_events(tmp_path: Path) -> None:
+    async with receiving(WebhookReceiver(SECRET)) as receiver:
+        config = configure(tmp_path)
+        with trio.fail_after(90):
+            async with run_daemon(config.path) as daemon:
+                config.extra = (f'[[webhooks]]\nurl = "{receiver.url}"\n'
+                                'secret_file = "webhook-secret"\nevents = ["call_ended"]\n')
+                config.write()
+                daemon.send_signal(signal.SIGHUP)
+                reloaded = await daemon.wait_for_log("config_reloaded")
+                assert "webhooks.url" in reloaded["applied"]
+                result = await run_sipp(config.sip_port, tmp_path, service="1001")
+                assert result.ok, result.errors
+                (got,) = await receiver.wait_for(lambda got: len(got) == 1, timeout=30)
+        assert got.signature_ok and got.status == 200
+        assert got.headers["x-voicedashd-event"] == "call_ended"
