@@ -34,6 +34,7 @@ from .sip.serve import serve_sip
 from .sip.transport import TcpLimits, open_transport
 from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
+from .voicebot.summarizer import serve_summaries
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +104,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_writer)
                 bus = EventBus(store, metrics)
+                summaries = await nursery.start(serve_summaries, live, bus, store, environ)
                 voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
                 # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.
                 sip_transport = await open_transport(
@@ -140,6 +142,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                     readiness.mark_down(part)
                 with trio.move_on_after(live.current.daemon.shutdown_grace) as grace:
                     await calls.stop()
+                    await summaries.drain()     # the ended calls' cards, stored before exit
                     http_shutdown.set()
                     await store.flush()
                 if grace.cancelled_caught:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from .events import CallEnded, CallEvent, CallInfo, CallStarted, EndReason
+from .events import CallEnded, CallEvent, CallInfo, CallStarted, CallSummarized, EndReason
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -61,6 +61,10 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family);
     CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);
+    """,
+    # 3: an ended AI-handled call's message card (MessageCard.wire() as JSON), for the lists.
+    """
+    ALTER TABLE calls ADD COLUMN summary TEXT;
     """,
 )
 
@@ -227,6 +231,9 @@ def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent]) -
                 conn.execute(
                     "UPDATE calls SET ended_at = ?, end_reason = ?, duration = ? WHERE call_id = ?",
                     (event.ts.isoformat(), event.reason.value, event.duration, event.call_id))
+            elif isinstance(event, CallSummarized):
+                conn.execute("UPDATE calls SET summary = ? WHERE call_id = ?",
+                             (json.dumps(event.card().wire()), event.call_id))
             conn.execute(
                 "INSERT OR IGNORE INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
                 (event.call_id, event.seq, event.name, event.ts.isoformat(),
