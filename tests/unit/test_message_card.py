@@ -215,3 +215,36 @@ def test_llm_reply_is_checked_and_normalised() -> None:
 def test_llm_reply_that_is_not_a_card(reply: str | None) -> None:
     with pytest.raises(InvalidLlmCard):
         parse_llm_card(reply)
+
+
+# The speech corpus's messages, as a recogniser that heard every word would write them.
+CORPUS_CARDS = {
+    "Hi, this is Maria": ("Maria", "5551234", True),
+    "My name is David Miller": ("David Miller", "5552987", False),
+    "This is Anna from": ("Anna", "5554401", True),
+    "Hello, it is Peter": ("Peter", "5556712", False),
+    "This is Laura": ("Laura", "5553030", True),
+    "Hi, James here": ("James", "5558162", True),
+    "Hello, this is Linda Green": ("Linda Green", "5559246", True),
+}
+
+
+@pytest.mark.parametrize("start", sorted(CORPUS_CARDS))
+def test_speech_corpus_messages(start: str) -> None:
+    from tests.speech_corpus import CORPUS
+
+    [line] = [line for line in CORPUS if line.text.startswith(start)]
+    card = offline_card([bot(WORDING.greeting), caller(line.text)], WORDING)
+    assert (card.caller_name, card.callback_number, card.callback_requested) == (
+        CORPUS_CARDS[start])
+    assert card.handled_by is HandledBy.MESSAGE_TAKEN
+
+
+def test_speech_corpus_questions_are_not_messages() -> None:
+    from tests.speech_corpus import CORPUS
+
+    for line in CORPUS:
+        if line.kind in ("question", "small_talk"):
+            card = offline_card([caller(line.text)], WORDING)
+            assert (card.caller_name, card.callback_number, card.callback_requested) == (
+                None, None, False), line.text
