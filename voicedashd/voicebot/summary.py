@@ -101,7 +101,7 @@ def _digit_runs(tokens: Sequence[str]) -> list[_Run]:
             continue
         elif word in ("oh", "o"):
             # "Oh, hi": an interjection, unless a digit is next to it.
-            if digits or (nxt and _is_digit_word(nxt)):
+            if digits or (nxt and (_is_digit_word(nxt) or nxt in _REPEAT)):
                 piece = "0"
         elif word in _UNITS:
             piece = str(_UNITS[word])
@@ -188,8 +188,10 @@ _NOT_NAMES = frozenset(_NOT_NAME_TEXT.split())
 _INTRO = re.compile(
     r"\b(?:my\s+name\s+is|my\s+name's|name\s+is|the\s+name's|this\s+is|it\s+is|it's|i\s+am|"
     r"i'm|im|speaking\s+to\s+you\s+is|you're\s+speaking\s+with|you're\s+speaking\s+to)\s+"
-    r"(?P<name>[A-Za-z][A-Za-z'\-]*)(?:\s+(?P<second>[A-Za-z][A-Za-z'\-]*))?",
+    r"(?P<name>[A-Za-z][A-Za-z'\-]*)\.?(?:\s+(?P<second>[A-Za-z][A-Za-z'\-]*))?",
     re.IGNORECASE)
+_TITLES = frozenset({"dr", "doctor", "mr", "mister", "mrs", "missus", "ms", "miss", "prof",
+                     "professor"})
 _HERE = re.compile(r"(?:^|[.,!?]\s*|\b(?:hi|hello|hey)[,]?\s+)(?P<name>[A-Z][a-z'\-]+)"
                    r"(?:\s+(?P<second>[A-Z][a-z'\-]+))?\s+(?:here|speaking)\b")
 # After "it's"/"i'm" a name is trusted only when something says so: "from", "here", "calling".
@@ -212,6 +214,10 @@ def find_caller_name(caller_lines: Iterable[str]) -> str | None:
 
 def _name(match: re.Match[str], text: str) -> str | None:
     first, second = match.group("name"), match.group("second")
+    if first.lower() in _TITLES:
+        if not second or second.lower() in _NOT_NAMES:
+            return None
+        return f"{first[:1].upper()}{first[1:].lower()} {second[:1].upper()}{second[1:].lower()}"
     if first.lower() in _NOT_NAMES:
         return None
     intro = " ".join(text[match.start():match.start("name")].lower().split())
