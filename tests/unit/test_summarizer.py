@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -352,3 +353,60 @@ def test_summary_column_reads_null_for_old_rows(tmp_path: Path) -> None:
             old = await callstore.get_call(s, "old")
             assert old is not None and old.card is None and old.wire()["summary"] is None
     trio.run(opened)
+
+
+# -- GET /api/calls/{call_id}, in process (Quart's test client; the daemon tests cover HTTP) --
+
+class _NoLiveCalls:
+    """The API's view of live calls when none is up."""
+
+    def get(self, call_id: str) -> None:
+        return None
+
+    def active_calls(self) -> list[object]:
+        return []
+
+
+async def test_get_call_returns_the_card_to_its_owner_only(tmp_path: Path,
+                                                          store: Store) -> None:
+    from voicedashd.api.app import create_app
+    from voicedashd.api.deps import ApiDeps
+    from voicedashd.auth import Authenticator, encode_access_token
+    from voicedashd.passwords import hash_password
+    from voicedashd.readiness import Readiness
+
+    password = hash_password("a long enough password")
+    users = "".join(f'[[users]]\nextension = "{ext}"\ntenant = "acme"\nrole = "user"\n'
+                    f'password_hash = "{password}"\n' for ext in ("1001", "1002"))
+    live = live_config(tmp_path, users)
+    bus = EventBus(store, Metrics())
+    play_call(bus, info("c1"), MESSAGE)
+    card = MessageCard(caller_name="Maria", callback_number="5551234", callback_requested=True,
+                       reason="Call back.", handled_by=HandledBy.MESSAGE_TAKEN)
+    bus.emit(CallSummarized, "c1", **card.wire())
+    app = create_app(ApiDeps(live=live, store=store, metrics=Metrics(), readiness=Readiness(),
+                             auth=Authenticator(live, store), bus=bus,
+                             calls=_NoLiveCalls()))  # type: ignore[arg-type]
+    client = app.test_client()
+
+    def bearer(extension: str) -> dict[str, str]:
+        [user] = [u for u in live.current.users if u.extension == extension]
+        token = encode_access_token(live.current, user, "fam", time.time(), "jti-" + extension)
+        return {"Authorization": f"Bearer {token}"}
+
+    owner = await client.get("/api/calls/c1", headers=bearer("1001"))
+    assert owner.status_code == 200, await owner.get_data(as_text=True)
+    body = await owner.get_json()
+    assert body["summary"] == card.wire() and body["state"] == "ended"
+    # From the store alone (the bus forgot the call), the same.
+    app_fresh = create_app(ApiDeps(live=live, store=store, metrics=Metrics(),
+                                   readiness=Readiness(), auth=Authenticator(live, store),
+                                   bus=EventBus(store, Metrics()),
+                                   calls=_NoLiveCalls()))  # type: ignore[arg-type]
+    stored = await app_fresh.test_client().get("/api/calls/c1", headers=bearer("1001"))
+    assert (await stored.get_json())["summary"] == card.wire()
+    other = await client.get("/api/calls/c1", headers=bearer("1002"))
+    missing = await client.get("/api/calls/nope", headers=bearer("1001"))
+    assert other.status_code == missing.status_code == 404
+    assert await other.get_json() == await missing.get_json()
+    assert (await client.get("/api/calls/c1")).status_code == 401
