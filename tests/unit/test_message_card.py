@@ -131,6 +131,10 @@ def test_callback_requested(lines: list[str], wanted: bool) -> None:
      "I wanted to ask whether my order has shipped."),
     (["Yes.", "What are your opening hours on Saturday?"],
      "What are your opening hours on Saturday?"),
+    (["This is Anna from the flower shop.", "Can you call me back on 555-4401?"],
+     "Can you call me back on 555-4401?"),
+    (["Hi, this is Maria.", "Please ring me."], "Please ring me."),
+    (["Hi, this is Maria."], "Hi, this is Maria."),
     (["Hello?", "Bye."], NO_WORDS_REASON),
     ([], NO_WORDS_REASON),
 ])

@@ -274,6 +274,10 @@ _REASON_CUES = re.compile(
     r"needs|question|problem|issue|order|appointment|booking|invoice|delivery|quote|help|"
     r"interested|asking|ask|wondering|message|tell|let\s+(?:him|her|them)\s+know)\b",
     re.IGNORECASE)
+_INTRO_SENTENCE = re.compile(
+    r"^(?:(?:hi|hello|hey|good\s+\w+)\W+)?(?:this\s+is|my\s+name\s+is|my\s+name's|it's|"
+    r"it\s+is|i'm|i\s+am)\s+\w+(?:\s+\w+)?(?:\s+(?:from|at|with)\s+[^,]*)?\W*$"
+    r"|^(?:(?:hi|hello|hey)\W+)?\w+\s+here\W*$", re.IGNORECASE)
 _EMPTY_SENTENCE = re.compile(
     r"^(?:hi|hello|hey|yes|yeah|no|okay|ok|thanks|thank\s+you|bye|goodbye|good\s+morning|"
     r"good\s+afternoon|good\s+evening|um|uh|oh|right|great|sure)(?:\W+(?:there|again|bye|"
@@ -287,7 +291,9 @@ def find_reason(caller_lines: Sequence[str]) -> str:
     if not sentences:
         return NO_WORDS_REASON
     cued = [s for s in sentences if _REASON_CUES.search(s)]
-    chosen = (cued or sorted(sentences, key=lambda s: -len(s.split())))[0]
+    # "This is Anna from the flower shop." says who, not why: any other sentence says more.
+    telling = [s for s in sentences if not _INTRO_SENTENCE.match(s)]
+    chosen = (cued or sorted(telling or sentences, key=lambda s: -len(s.split())))[0]
     return _sentence(chosen)
 
 
