@@ -492,12 +492,13 @@ async def test_resume_delivers_missed_events_exactly_once(tmp_path: Path) -> Non
                     call_id = started["call_id"]
                     seen = [started, *(await hub.subscribe(call_id, since_seq=1)).events]
                     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
-                # Disconnected; the call ends meanwhile.
-                await daemon.wait_for_log("call_ended", call_id=call_id)
+                # Disconnected; the call ends meanwhile, and its message card is made.
+                await daemon.wait_for_log("call_summary", call_id=call_id)
             async with connect(config, token) as hub:
                 missed = (await hub.subscribe(call_id, since_seq=seen[-1]["seq"])).events
                 assert_stream(missed, seen[-1]["seq"])
-                assert missed[-1]["data"]["reason"] == "caller_hangup"
+                assert missed[-1]["event"] == "call_summary"
+                assert missed[-2]["data"]["reason"] == "caller_hangup"
                 await assert_nothing_queued(hub)
                 everything = (await hub.subscribe(call_id, since_seq=0)).events
                 assert everything == seen + missed
