@@ -18,7 +18,6 @@ from ..events import CallEnded, CallEvent, CallInfo, CallSummarized, MessageCard
 from ..events import call_summarized_fields as card_fields
 from ..livecfg import LiveConfig
 from ..store import Store
-from .pipeline import render
 from .summary import Line, Wording, llm_messages, offline_card, parse_llm_card
 
 log = structlog.get_logger(__name__)
@@ -112,6 +111,10 @@ class Summarizer:
             return None
         entries = await read_transcript(self._store, self._bus, call_id)
         lines = transcript_lines([(e.speaker, e.text, e.final) for e in entries])
+        # Imported here: the pipeline module brings Pipecat, whose import prints a banner
+        # unless the daemon's logging is set up first (the bridge has loaded it by now).
+        from .pipeline import render
+
         voicebot = self._live.current.voicebot
         chosen = voicebot.for_call(info.tenant, info.callee_extension)
         wording = Wording(*(render(text or "", info) for text in
