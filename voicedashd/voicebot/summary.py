@@ -45,9 +45,9 @@ class Wording:
 _TOKEN = re.compile(r"\+?\d+|[A-Za-z]+(?:'[A-Za-z]+)?|[.,;:!?()\-/]")
 _UNITS = {"zero": 0, "oh": 0, "o": 0, "nought": 0, "naught": 0, "one": 1, "two": 2,
           "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
-# What recognisers write for a spoken digit they mishear as a word.
-_MISHEARD = {"won": "1", "to": None, "too": "2", "for": None, "ate": "8", "niner": "9",
-             "tree": "3", "fife": "5", "free": None}
+# What recognisers write for a spoken digit they mishear as a word; counted only inside a
+# run of digits ("to", "for" are left out: "call me on 555 1234 for the quote").
+_MISHEARD = {"won": "1", "too": "2", "ate": "8", "niner": "9", "tree": "3", "fife": "5"}
 _TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
           "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19}
 _TENS = {"twenty": 2, "thirty": 3, "forty": 4, "fifty": 5, "sixty": 6, "seventy": 7,
@@ -117,7 +117,7 @@ def _digit_runs(tokens: Sequence[str]) -> list[_Run]:
             piece = "00"
         elif word == "thousand" and digits:
             piece = "000"
-        elif digits and _MISHEARD.get(word):
+        elif digits and word in _MISHEARD:
             piece = _MISHEARD[word]
         if piece is not None:
             if not digits:
