@@ -9,7 +9,16 @@ from typing import Any, TypeVar
 
 import structlog
 
-from .events import CallEnded, CallEvent, CallInfo, CallPhase, CallStarted, CallSummary, utc_now
+from .events import (
+    CallEnded,
+    CallEvent,
+    CallInfo,
+    CallPhase,
+    CallStarted,
+    CallSummarized,
+    CallSummary,
+    utc_now,
+)
 from .metrics import Metrics
 from .store import Store
 
@@ -27,6 +36,7 @@ class _CallStream:
     next_seq: int = 1
     started: CallStarted | None = None      # kept apart: the bounded history may drop them
     ended: CallEnded | None = None
+    summarized: CallSummarized | None = None
 
 
 Subscriber = Callable[[CallInfo, CallEvent], None]
@@ -66,7 +76,8 @@ class EventBus:
             answered_at=started.started_at if started else None,
             ended_at=ended.ts if ended else None,
             end_reason=ended.reason.value if ended else None,
-            duration=ended.duration if ended else None)
+            duration=ended.duration if ended else None,
+            card=stream.summarized.card() if stream.summarized else None)
 
     def emit(self, event_type: type[E], call_id: str, **fields: Any) -> E:
         """Build the call's next event (seq and timestamp assigned here) and publish it."""
@@ -78,6 +89,8 @@ class EventBus:
             stream.started = event
         elif isinstance(event, CallEnded):
             stream.ended = event
+        elif isinstance(event, CallSummarized):
+            stream.summarized = event
         self.store.submit(event)
         self.metrics.events_published.labels(event.name).inc()
         log.info(event.name, call_id=call_id, seq=event.seq, progress="realtime",

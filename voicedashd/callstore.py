@@ -18,6 +18,7 @@ from .events import (
     CallInfo,
     CallPhase,
     CallSummary,
+    MessageCard,
     Speaker,
     SttTranscript,
     TtsStarted,
@@ -101,7 +102,19 @@ def _summary(row: dict[str, Any]) -> CallSummary:
     phase = (CallPhase.ENDED if ended_at else CallPhase.CONFIRMED if answered_at
              else CallPhase.RINGING)
     return CallSummary(info=info, phase=phase, answered_at=answered_at, ended_at=ended_at,
-                       end_reason=row["end_reason"], duration=row["duration"])
+                       end_reason=row["end_reason"], duration=row["duration"],
+                       card=_card(row.get("summary")))
+
+
+def _card(stored: str | None) -> MessageCard | None:
+    """A stored message card; one this version cannot read is logged and left out."""
+    if not stored:
+        return None
+    try:
+        return MessageCard.from_wire(json.loads(stored))
+    except (ValueError, KeyError, TypeError):
+        log.warning("call_summary_unreadable")
+        return None
 
 
 async def get_call(store: Store, call_id: str) -> CallSummary | None:

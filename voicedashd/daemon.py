@@ -34,6 +34,7 @@ from .sip.serve import serve_sip
 from .sip.transport import TcpLimits, open_transport
 from .store import Store, open_store
 from .voicebot.bridge import serve_voicebot
+from .voicebot.summarizer import serve_summaries
 from .webhooks import WebhookOutbox, serve_webhooks
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                 await nursery.start(serve_webhooks, store, outbox, lambda: live.current.webhooks,
                                     metrics)
                 bus = EventBus(store, metrics)
+                summaries = await nursery.start(serve_summaries, live, bus, store, environ)
                 voicebot = await nursery.start(serve_voicebot, live, metrics, environ)
                 # SIP: a bound transport, the calls nursery, and the endpoint dispatching to it.
                 sip_transport = await open_transport(
@@ -144,6 +146,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
                     readiness.mark_down(part)
                 with trio.move_on_after(live.current.daemon.shutdown_grace) as grace:
                     await calls.stop()
+                    await summaries.drain()     # the ended calls' cards, stored before exit
                     http_shutdown.set()
                     await store.flush()
                 if grace.cancelled_caught:

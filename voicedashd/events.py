@@ -88,6 +88,48 @@ class CallPhase(enum.StrEnum):
     ENDED = "ended"
 
 
+class HandledBy(enum.StrEnum):
+    """How the bot dealt with a call: it answered from its knowledge, or took a message."""
+
+    ANSWERED_FROM_KNOWLEDGE = "answered_from_knowledge"
+    MESSAGE_TAKEN = "message_taken"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageCard:
+    """What an AI-handled call was about, for its owner: who called, where to call back, why."""
+
+    caller_name: str | None
+    callback_number: str | None
+    callback_requested: bool
+    reason: str
+    handled_by: HandledBy
+    source: str = "rules"   # "rules" (offline) or "llm"
+
+    def __post_init__(self) -> None:
+        # Recognised speech or an LLM's reply: shown on a page, logged, stored.
+        name = printable(self.caller_name).strip() if self.caller_name else None
+        object.__setattr__(self, "caller_name", name or None)
+        object.__setattr__(self, "reason", printable(self.reason).strip())
+        object.__setattr__(self, "handled_by", HandledBy(self.handled_by))
+
+    def wire(self) -> dict[str, Any]:
+        """Return the card's wire form (the `summary` of a call, the call_summary event's data)."""
+        return {"caller_name": self.caller_name, "callback_number": self.callback_number,
+                "callback_requested": self.callback_requested, "reason": self.reason,
+                "handled_by": self.handled_by.value, "source": self.source}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> MessageCard:
+        """Rebuild a card from its wire form (as stored)."""
+        return cls(caller_name=data.get("caller_name"),
+                   callback_number=data.get("callback_number"),
+                   callback_requested=bool(data.get("callback_requested")),
+                   reason=str(data.get("reason") or ""),
+                   handled_by=HandledBy(data["handled_by"]),
+                   source=str(data.get("source") or "rules"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallSummary:
     """One call as every client sees it (REST lists, the hub's subscribe reply)."""
@@ -98,6 +140,7 @@ class CallSummary:
     ended_at: datetime | None = None
     end_reason: str | None = None
     duration: float | None = None
+    card: MessageCard | None = None
 
     def wire(self) -> dict[str, Any]:
         """Return the summary's wire form: the only place it is built."""
@@ -121,6 +164,8 @@ class CallSummary:
             "ended_at": _jsonable(self.ended_at),
             "end_reason": self.end_reason,
             "duration": self.duration,
+            # The message card, once the call has ended and been summarised (else null).
+            "summary": self.card.wire() if self.card else None,
         }
 
 
@@ -227,6 +272,32 @@ class Dtmf(CallEvent):
     name: ClassVar[str] = "dtmf"
     digit: str
     duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSummarized(CallEvent):
+    """An ended AI-handled call's message card (its fields are MessageCard's)."""
+
+    name: ClassVar[str] = "call_summary"
+    caller_name: str | None
+    callback_number: str | None
+    callback_requested: bool
+    reason: str
+    handled_by: HandledBy
+    source: str = "rules"
+
+    def card(self) -> MessageCard:
+        """The message card this event carries."""
+        return MessageCard(caller_name=self.caller_name, callback_number=self.callback_number,
+                           callback_requested=self.callback_requested, reason=self.reason,
+                           handled_by=self.handled_by, source=self.source)
+
+
+def call_summarized_fields(card: MessageCard) -> dict[str, Any]:
+    """The fields of a CallSummarized event, from a card: `bus.emit(CallSummarized, ...)`."""
+    return {"caller_name": card.caller_name, "callback_number": card.callback_number,
+            "callback_requested": card.callback_requested, "reason": card.reason,
+            "handled_by": card.handled_by, "source": card.source}
 
 
 def event_types() -> dict[str, type[CallEvent]]:

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
-from .events import CallEnded, CallEvent, CallInfo, CallStarted, EndReason
+from .events import CallEnded, CallEvent, CallInfo, CallStarted, CallSummarized, EndReason
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'pending';
     CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
         WHERE state != 'pending';
+    """,
+    # 4: an ended AI-handled call's message card (MessageCard.wire() as JSON), for the lists.
+    """
+    ALTER TABLE calls ADD COLUMN summary TEXT;
     """,
 )
 
@@ -274,6 +278,9 @@ def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent],
                 conn.execute(
                     "UPDATE calls SET ended_at = ?, end_reason = ?, duration = ? WHERE call_id = ?",
                     (event.ts.isoformat(), event.reason.value, event.duration, event.call_id))
+            elif isinstance(event, CallSummarized):
+                conn.execute("UPDATE calls SET summary = ? WHERE call_id = ?",
+                             (json.dumps(event.card().wire()), event.call_id))
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
                 (event.call_id, event.seq, event.name, event.ts.isoformat(),

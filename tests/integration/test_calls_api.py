@@ -159,6 +159,7 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
         "ended_at": None,
         "end_reason": None,
         "duration": None,
+        "summary": None,
     }
     assert live["started_at"].endswith("Z") and live["answered_at"].endswith("Z")
     assert _time(live["answered_at"]) == _time(started["alice"]["started_at"])

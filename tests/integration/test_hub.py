@@ -39,7 +39,7 @@ from voicedashd.metrics import Metrics
 from voicedashd.store import open_store
 
 TIMEOUT = 60
-LOBBY = {"call_started", "call_ended"}
+LOBBY = {"call_started", "call_ended", "call_summary"}
 
 
 def write_config(config: DaemonConfig, *, hub: str = "", auth: str = "") -> DaemonConfig:
@@ -109,9 +109,11 @@ async def until_ended(client: HubClient, call_id: str,
 
 
 def assert_stream(events: list[dict[str, Any]], since_seq: int) -> None:
-    """A subscription's stream: every seq after since_seq once, in order, up to call_ended."""
+    """A subscription's stream: every seq after since_seq once, in order, up to call_ended
+    (and the call's call_summary after it, if that came already)."""
     assert [e["seq"] for e in events] == list(range(since_seq + 1, since_seq + 1 + len(events)))
-    assert events[-1]["event"] == "call_ended"
+    last = events[-2] if events[-1]["event"] == "call_summary" else events[-1]
+    assert last["event"] == "call_ended"
 
 
 async def assert_nothing_queued(client: HubClient) -> None:
@@ -370,7 +372,8 @@ async def test_subscription_limit_is_checked_before_joining(tmp_path: Path) -> N
             await hub.unsubscribe(ids[0])
             frames: dict[str, list[dict[str, Any]]] = {call_id: [] for call_id in ids}
             with trio.fail_after(30):
-                while sum(f[-1]["event"] == "call_ended" for f in frames.values() if f) < 2:
+                while sum(any(e["event"] == "call_ended" for e in f)
+                          for f in frames.values()) < 2:
                     event = await next_event(hub)
                     frames[event["call_id"]].append(event)
             assert not frames[ids[2]] or {e["event"] for e in frames[ids[2]]} <= LOBBY
@@ -489,12 +492,13 @@ async def test_resume_delivers_missed_events_exactly_once(tmp_path: Path) -> Non
                     call_id = started["call_id"]
                     seen = [started, *(await hub.subscribe(call_id, since_seq=1)).events]
                     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
-                # Disconnected; the call ends meanwhile.
-                await daemon.wait_for_log("call_ended", call_id=call_id)
+                # Disconnected; the call ends meanwhile, and its message card is made.
+                await daemon.wait_for_log("call_summary", call_id=call_id)
             async with connect(config, token) as hub:
                 missed = (await hub.subscribe(call_id, since_seq=seen[-1]["seq"])).events
                 assert_stream(missed, seen[-1]["seq"])
-                assert missed[-1]["data"]["reason"] == "caller_hangup"
+                assert missed[-1]["event"] == "call_summary"
+                assert missed[-2]["data"]["reason"] == "caller_hangup"
                 await assert_nothing_queued(hub)
                 everything = (await hub.subscribe(call_id, since_seq=0)).events
                 assert everything == seen + missed

@@ -35,7 +35,7 @@ INFO = CallInfo(call_id="c1", tenant="acme", caller="555", caller_name="Ann", ca
 # REST tests, and docs/protocol.md's subscribe reply.
 WIRE_KEYS = {"call_id", "tenant", "caller", "caller_name", "callee", "callee_extension",
              "is_ai_handled", "started_at", "created_at", "state", "answered", "answered_at",
-             "ended_at", "end_reason", "duration"}
+             "ended_at", "end_reason", "duration", "summary"}
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_wire_form_of_a_ringing_call() -> None:
         "callee": "1001", "callee_extension": "1001", "is_ai_handled": True,
         "started_at": "2025-01-02T03:04:05+00:00", "created_at": "2025-01-02T03:04:05+00:00",
         "state": "ringing", "answered": False, "answered_at": None,
-        "ended_at": None, "end_reason": None, "duration": None}
+        "ended_at": None, "end_reason": None, "duration": None, "summary": None}
 
 
 def test_wire_form_passes_the_rest_schema_unchanged() -> None:

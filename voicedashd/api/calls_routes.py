@@ -57,6 +57,17 @@ class Party(BaseModel):
     name: str | None
 
 
+class MessageCardModel(BaseModel):
+    """An ended AI-handled call's message card, as `MessageCard.wire()` has it."""
+
+    caller_name: str | None
+    callback_number: str | None
+    callback_requested: bool
+    reason: str
+    handled_by: Literal["answered_from_knowledge", "message_taken"]
+    source: Literal["rules", "llm"]
+
+
 class CallSummaryModel(BaseModel):
     """A call, live or past, as `CallSummary.wire()` has it; started_at is when it arrived."""
 
@@ -75,6 +86,8 @@ class CallSummaryModel(BaseModel):
     ended_at: datetime | None
     end_reason: str | None
     duration: float | None
+    summary: MessageCardModel | None
+
 
 
 class ActiveCalls(RootModel[list[CallSummaryModel]]):
@@ -167,6 +180,30 @@ async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None
                     tenant=user.tenant, **client_fields())
         return None
     return info, live is None
+
+
+@blueprint.get("/<call_id>")
+@requires_user
+@validate_response(CallSummaryModel, 200)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+async def call(user: AuthUser, call_id: str) -> object:
+    """One live or finished call, with its message card once made; 404 alike for unknown and
+    other people's calls."""
+    api = deps()
+    live = api.calls.get(call_id)
+    if live is not None:
+        summary: CallSummary | None = _active(live)
+    else:
+        # A call that just ended may still have its card in the writer's queue.
+        await api.store.flush()
+        summary = await callstore.find_call(api.store, api.bus, call_id)
+    if summary is None or not may_see(user, summary.info):
+        if summary is not None:
+            log.warning("call_forbidden", call_id=call_id, extension=user.extension,
+                        tenant=user.tenant, **client_fields())
+        return {"error": "not_found", "detail": "no call with this id"}, 404
+    return _model(summary)
 
 
 @blueprint.get("/<call_id>/transcript")

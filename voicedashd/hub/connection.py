@@ -16,7 +16,7 @@ from ..auth import Authenticator, AuthUser, InvalidToken, decode_access_token
 from ..bus import EventBus
 from ..callstore import events_since, find_call
 from ..config import HubConfig
-from ..events import CallEnded, CallEvent, CallInfo
+from ..events import CallEvent, CallInfo
 from ..livecfg import LiveConfig
 from ..metrics import Metrics
 from ..store import Store
@@ -50,7 +50,7 @@ from .protocol import (
     reply_ok,
     too_slow_reason,
 )
-from .router import LOBBY_EVENTS, Router
+from .router import LOBBY_EVENTS, LOBBY_FINAL, Router
 
 log = structlog.get_logger(__name__)
 
@@ -335,7 +335,7 @@ class Session:
             if item.seq <= self._delivered.get(item.call_id, 0):
                 return                                  # already sent in a backlog
             await self._send(self._wire.frame(item))
-            if isinstance(item, CallEnded) and not subscribed:
+            if isinstance(item, LOBBY_FINAL) and not subscribed:
                 self._delivered.pop(item.call_id, None)
             else:
                 self._delivered[item.call_id] = item.seq

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..events import CallEnded, CallEvent, CallInfo, CallStarted
+from ..events import CallEnded, CallEvent, CallInfo, CallStarted, CallSummarized
 
-LOBBY_EVENTS = (CallStarted, CallEnded)
+LOBBY_EVENTS = (CallStarted, CallEnded, CallSummarized)
+# The lobby's last word on a call: a connection not following it forgets the call after these.
+LOBBY_FINAL = (CallEnded, CallSummarized)
 
 
 class Recipient(Protocol):

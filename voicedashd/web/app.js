@@ -86,8 +86,14 @@ function callFrom(source, callId) {
     endedAt: source.ended_at ?? null,
     endReason: source.end_reason ?? null,
     duration: source.duration ?? null,
+    summary: source.summary ?? null,
   };
 }
+
+const HANDLED_BY = {
+  answered_from_knowledge: "The assistant answered from its knowledge.",
+  message_taken: "The assistant took a message.",
+};
 
 function callerLabel(call) {
   return call.name || call.number || "Unknown caller";
@@ -357,7 +363,7 @@ class Hub {
         this.hooks.onConnected();
         break;
       case "event":
-        if (message.event === "call_started" || message.event === "call_ended") {
+        if (["call_started", "call_ended", "call_summary"].includes(message.event)) {
           this.hooks.onLobby(message);
         }
         this.#deliver(message);
@@ -780,6 +786,17 @@ class Dashboard {
       }
       clearTimeout(this.historyTimer);
       this.historyTimer = setTimeout(() => this.#loadHistory(false), 300);
+    } else if (event.event === "call_summary") {
+      const summary = event.data || {};
+      const past = this.history.find((call) => call.id === id);
+      if (past !== undefined) {
+        past.summary = summary;
+        this.#renderHistory();
+      }
+      if (this.view?.id === id) {
+        this.view.call = { ...this.view.call, summary };
+        this.#renderCard();
+      }
     }
   }
 
@@ -870,7 +887,8 @@ class Dashboard {
       call.name ? el("span", { class: "number", text: ` ${call.number}` }) : null),
     el("span", { class: "when" }, el("time", { datetime: call.startedAt, text: dateAndTime(call.startedAt) })),
     el("span", { class: "detail", text: `To ${call.extension} · ${outcome}` }),
-    el("span", { class: "badges" }, call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null));
+    el("span", { class: "badges" }, call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null),
+    call.summary ? el("span", { class: "reason", text: call.summary.reason }) : null);
     return el("li", { "data-call-id": call.id }, button);
   }
 
@@ -941,6 +959,22 @@ class Dashboard {
         text: clock(Date.now() - Date.parse(call.startedAt)) }));
     }
     if (call.ai) meta.append(" ", el("span", { class: "badge ai", text: "AI-handled" }));
+    this.#renderCard();
+  }
+
+  /** The message card at the top of the call, once the call has one. */
+  #renderCard() {
+    const summary = this.view?.call.summary;
+    $("call-card").hidden = !summary;
+    if (!summary) return;
+    $("card-name").textContent = summary.caller_name || "Not given";
+    const number = summary.callback_number;
+    $("card-callback").replaceChildren(
+      summary.callback_requested ? "Asked to be called back" : "No call back asked for",
+      number ? " · " : "",
+      number ? el("a", { href: `tel:${number}`, text: number }) : "");
+    $("card-reason").textContent = summary.reason;
+    $("card-handled").textContent = HANDLED_BY[summary.handled_by] || summary.handled_by;
   }
 
   #callStatus(text, kind) {
