@@ -28,6 +28,7 @@ class EndReason(enum.StrEnum):
     MEDIA_TIMEOUT = "media_timeout"
     SHUTDOWN = "shutdown"
     ERROR = "error"
+    TRANSFERRED = "transferred"  # the PBX took the call elsewhere at the owner's request
     INTERRUPTED = "interrupted"  # the process died (kill -9, power loss); closed at next start
 
 
@@ -227,6 +228,24 @@ class Dtmf(CallEvent):
     name: ClassVar[str] = "dtmf"
     digit: str
     duration: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferStarted(CallEvent):
+    """Someone who may see the call asked to take it: the PBX is asked to transfer it."""
+
+    name: ClassVar[str] = "transfer_started"
+    target: str  # the Refer-To URI
+    requested_by: str  # the extension of who asked
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferFailed(CallEvent):
+    """The transfer did not happen (refused, failed, timed out): the bot carries on."""
+
+    name: ClassVar[str] = "transfer_failed"
+    reason: str
+    status: int | None = None
 
 
 def event_types() -> dict[str, type[CallEvent]]:
