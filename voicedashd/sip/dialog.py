@@ -372,6 +372,8 @@ class Dialog:
         """Feed the final response to our REFER (None: it timed out)."""
         if self._refer_cseq is None or self._state is DialogState.TERMINATED:
             return []
+        if response is not None and _cseq_number(response.headers) != self._refer_cseq:
+            return []  # the late answer to an earlier REFER
         if response is None:
             return self._transfer_failed("no answer to REFER")
         if response.status < 300:
@@ -574,6 +576,13 @@ class Dialog:
 def unknown_dialog(request: Request) -> Response:
     """The answer to a request for a dialog (or INVITE) we do not have: 481."""
     return make_response(request, 481, "Call/Transaction Does Not Exist")
+
+
+def _cseq_number(headers: Headers) -> int | None:
+    try:
+        return cseq_of(headers)[0]
+    except InvalidHeader:
+        return None
 
 
 def sipfrag_status(body: bytes) -> tuple[int, str] | None:
