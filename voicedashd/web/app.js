@@ -31,6 +31,7 @@ const END_REASONS = {
   shutdown: "the server was stopped",
   error: "an error",
   interrupted: "the server stopped unexpectedly",
+  transferred: "it was put through to the extension",
 };
 
 const $ = (id) => document.getElementById(id);
