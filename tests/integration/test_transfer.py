@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,57 @@ async def test_someone_elses_transfer_is_404_and_sends_nothing(
     assert events[-1]["data"]["reason"] == "caller_hangup"
     assert not logged(daemon, "sip_refer_sent") and not logged(daemon, "call_transfer_started")
     assert logged(daemon, "call_transfer_forbidden", call_id=call_id, extension="1002")
+
+
+async def test_the_page_takes_a_call_and_says_how_it_went(
+        tmp_path: Path, caller_audio: Path) -> None:
+    """Headless Chromium: Take this call on a call the PBX refuses, then on one it accepts."""
+    from tests.browser import open_browser
+    from tests.integration.test_page import assert_clean_console, log_in, open_call
+
+    alice = User("1001")
+    config = transfer_config(tmp_path, [alice], caller_audio)
+    sipp: list[SippResult] = []
+    take_ready = "const b = document.getElementById('call-take'); return !b.hidden && !b.disabled"
+    with trio.fail_after(240):
+        async with run_daemon(config.path), open_browser(tmp_path, "transfer") as browser:
+            await log_in(browser, config, alice)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(place_call, config, tmp_path, "transfer_reject", sipp,
+                                           hold_ms=12000))
+                call_id = await _active_call(browser)
+                await open_call(browser, call_id)
+                await browser.until(take_ready, what="the Take this call button")
+                await browser.click("#call-take")
+                refused = await browser.until(
+                    "const s = document.getElementById('take-status');"
+                    "return s.classList.contains('failed') && s.textContent",
+                    timeout=60, what="the transfer's failure")
+                await browser.until(take_ready, what="the button back after the failure")
+                await browser.screenshot("transfer-failed")
+            assert sipp[0].ok, sipp[0].errors
+            await browser.click("#call-close")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(place_call, config, tmp_path, "transfer_accept", sipp)
+                second = await _active_call(browser, other_than=call_id)
+                await open_call(browser, second)
+                await browser.until(take_ready, what="the Take this call button")
+                await browser.click("#call-take")
+                ended = await browser.until(
+                    "const s = document.getElementById('call-status').textContent;"
+                    "return s.startsWith('Call ended') && s;", timeout=60, what="call ended")
+                put_through = await browser.text("#take-status")
+                await browser.screenshot("transfer-done")
+            assert sipp[1].ok, sipp[1].errors
+            await assert_clean_console(browser)
+    assert refused == "The transfer failed (REFER refused: 603 Decline). The bot carries on."
+    assert ended.endswith(": it was put through to the extension."), ended
+    assert put_through == "The call was put through."
+
+
+async def _active_call(browser: Any, other_than: str | None = None) -> str:
+    """The id of a call in the active list (not other_than)."""
+    return str(await browser.until(
+        "return [...document.querySelectorAll('#active-list li[data-call-id]')]"
+        ".map((li) => li.dataset.callId).find((id) => id !== arguments[0])",
+        other_than, timeout=30, what="a call in the active list"))
