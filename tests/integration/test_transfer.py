@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,11 @@ async def test_the_owner_takes_the_call_the_pbx_accepts_and_it_ends_transferred(
     assert events[-1]["data"]["reason"] == "transferred"
     # sipp saw our REFER, had both NOTIFYs answered 200 and got our BYE.
     assert sipp and sipp[0].ok, sipp[0].errors if sipp else "sipp did not finish"
-    assert len(logged(daemon, "sip_refer_sent", call_id=call_id)) == 1
+    [refer] = logged(daemon, "sip_refer_sent", call_id=call_id)
+    line = next(e for e in events if e["event"] == "tts_started"
+                and e["data"]["text"] == TRANSFER_LINE)
+    # The bot's line went out first; the REFER followed it once it had been played.
+    assert datetime.fromisoformat(refer["timestamp"]) > datetime.fromisoformat(line["ts"])
     assert logged(daemon, "call_transferred", call_id=call_id, status=200)
     bye = logged(daemon, "sip_bye_sent", call_id=call_id)
     assert bye and bye[0]["status"] == 200, bye
