@@ -64,6 +64,7 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "sip.max_tcp_connections": 256,
         "sip.max_tcp_connections_per_source": 16,
         "sip.tcp_idle_timeout": "5m",
+        "sip.transfer_timeout": "30s",
         "media.address": "127.0.0.1",
         "media.public_address": None,
         "media.rtp_ports": f"{low}-{high}",
@@ -102,6 +103,7 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "tenants.name": ["acme", "globex"],
         "tenants.domains": [["acme.example"], ["globex.example"]],
         "tenants.default": [False, False],
+        "tenants.transfer_target": ["sip:{extension}@{pbx_host}", "sip:{extension}@{pbx_host}"],
         "users.extension": ["1001", "1002"],
         "users.tenant": ["acme", "acme"],
         "users.role": ["user", "admin"],
@@ -111,6 +113,8 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "voicebot.fallback": "I don't know.",
         "voicebot.farewell": "Goodbye.",
         "voicebot.system_prompt": "Answer briefly.",
+        "voicebot.transfer_line": "Putting you through.",
+        "voicebot.transfer_failed_line": "That did not work.",
         "voicebot.top_k": 3,
         "voicebot.answer_sentences": 2,
         "voicebot.vad_stop": "300ms",
@@ -147,6 +151,8 @@ def start_values(config: DaemonConfig) -> dict[str, Any]:
         "webhooks.events": [["call_ended"]],
         "webhooks.tenant": [None],
         "webhooks.retry_base": ["30s"],
+        "voicebot.overrides.transfer_line": [None],
+        "voicebot.overrides.transfer_failed_line": [None],
     }
 
 
@@ -176,6 +182,7 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "sip.max_tcp_connections": 257,
         "sip.max_tcp_connections_per_source": 17,
         "sip.tcp_idle_timeout": "4m",
+        "sip.transfer_timeout": "20s",
         "media.address": "127.0.0.2",
         "media.public_address": "127.0.0.1",
         "media.rtp_ports": f"{low}-{high - 2}",
@@ -214,6 +221,8 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "tenants.name": ["acme", "initech"],
         "tenants.domains": [["acme.example", "acme.test"], ["initech.example"]],
         "tenants.default": [True, False],
+        "tenants.transfer_target": ["sip:{extension}@pbx.acme.example",
+                                    "sips:{extension}@{pbx_host}"],
         "users.extension": ["1001", "1003"],
         "users.tenant": ["acme", "initech"],
         "users.role": ["admin", "admin"],
@@ -223,6 +232,8 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "voicebot.fallback": "No idea.",
         "voicebot.farewell": "Bye.",
         "voicebot.system_prompt": "Answer in one sentence.",
+        "voicebot.transfer_line": "One moment.",
+        "voicebot.transfer_failed_line": "Sorry, nobody is free.",
         "voicebot.top_k": 4,
         "voicebot.answer_sentences": 3,
         "voicebot.vad_stop": "400ms",
@@ -258,6 +269,8 @@ def changed_values(config: DaemonConfig) -> dict[str, Any]:
         "webhooks.events": [["call_ended", "call_summary"]],
         "webhooks.tenant": ["initech"],
         "webhooks.retry_base": ["1m"],
+        "voicebot.overrides.transfer_line": ["Initech will take it."],
+        "voicebot.overrides.transfer_failed_line": ["Initech is busy."],
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +20,8 @@ from .events import (
     CallStarted,
     Dtmf,
     EndReason,
+    TransferFailed,
+    TransferStarted,
     call_started_fields,
     utc_now,
 )
@@ -42,6 +46,8 @@ from .sip.dialog import (
     MediaChanged,
     Respond,
     SendRequest,
+    TransferDone,
+    TransferProgress,
     dialog_key,
     invite_key,
     parse_invite,
@@ -51,18 +57,22 @@ from .sip.endpoint import ServerTx
 from .sip.fields import new_tag, tag_of
 from .sip.message import Request, Response
 from .sip.parser import make_response
+from .sip.refer_to import InvalidTransferTarget, render_refer_to
 from .sip.resolve import NextHopUnresolved
 from .sip.transaction import Action as TransactionAction
 from .sip.transaction import PassToCore
 from .sip.transport import Peer
 from .sip.validate import allow_header
-from .voicebot import CallBot
+from .voicebot import CallBot, Line, Prompt
 
 log = structlog.get_logger(__name__)
 
 BYE_WAIT = 2.0
 RETRY_AFTER_STOPPING = "30"
 RETRY_AFTER_RESOURCES = "5"
+LINE_WAIT = 15.0  # longest wait for the transfer line to be said before the REFER goes anyway
+PROMPT_QUEUE = 4
+_CHANNEL_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 CallState = CallPhase  # where a call is, as the API and the hub show it
@@ -93,6 +103,23 @@ class Requests(Protocol):
         ...
 
 
+class TransferNotPossible(Exception):
+    """A transfer cannot start now; code says why (not_live, in_progress, bad_target)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+@dataclass(eq=False)
+class Transfer:
+    """A transfer in progress: where to, its task's scope, and when it is over."""
+
+    target: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 @dataclass(eq=False)
 class Call:
     """One call: its dialog, who it is for, its media, and the scope of its task."""
@@ -111,6 +138,12 @@ class Call:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     settled: trio.Event = field(default_factory=trio.Event)  # no longer waiting for the ACK
     ended: trio.Event = field(default_factory=trio.Event)
+    transfer: Transfer | None = None
+    prompts: trio.MemorySendChannel[Prompt] = field(init=False)
+    prompts_out: trio.MemoryReceiveChannel[Prompt] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prompts, self.prompts_out = trio.open_memory_channel[Prompt](PROMPT_QUEUE)
 
     @property
     def id(self) -> str:
@@ -177,7 +210,7 @@ class CallManager:
         method = request.method
         if method == "INVITE" and tag_of(request.headers.get("To")) is None:
             self._invite(request, peer, tx)
-        elif method in ("INVITE", "BYE"):
+        elif method in ("INVITE", "BYE", "NOTIFY"):
             self._in_dialog(self._dialogs.get(dialog_key(request)), request, tx)
         elif method == "CANCEL":
             self._in_dialog(self._invites.get(invite_key(request)), request, tx)
@@ -320,6 +353,8 @@ class CallManager:
                 target = call.invite if action.request is call.dialog.invite.request else tx
                 assert target is not None, "a response to a request the dialog was not fed"
                 target.respond(action.response)
+            elif isinstance(action, SendRequest) and action.request.method == "REFER":
+                self._nursery.start_soon(self._send_refer, call, action)
             elif isinstance(action, SendRequest):
                 self._byes_in_flight += 1
                 call.bye_in_flight = True
@@ -329,6 +364,11 @@ class CallManager:
             elif isinstance(action, MediaChanged):
                 log.info("call_media_updated", call_id=call.id, on_hold=action.answer.on_hold,
                          progress="realtime")
+            elif isinstance(action, TransferProgress):
+                log.info("call_transfer_progress", call_id=call.id, status=action.status,
+                         progress="realtime")
+            elif isinstance(action, TransferDone):
+                self._transfer_done(call, action)
             elif isinstance(action, Ended):
                 self._end(call, end_reason(action.reason))
 
@@ -376,6 +416,8 @@ class CallManager:
         if not call.bye_in_flight:
             self._dialogs.pop(call.dialog.key, None)
         call.ended.set()
+        if call.transfer is not None:
+            call.transfer.scope.cancel()
         self._calls.pop(call.id, None)
         duration = trio.current_time() - call.confirmed_at if call.confirmed_at else 0.0
         if call.confirmed_at is not None:
@@ -418,7 +460,7 @@ class CallManager:
             if self.voicebot is None:
                 await discard_inbound(session)
             else:  # returns only if the bot hung up; raises if it failed
-                await self.voicebot.run(call.info, session, self.bus)
+                await self.voicebot.run(call.info, session, self.bus, call.prompts_out)
                 call.end_reason = call.end_reason or EndReason.BOT_HANGUP
         if session.timed_out:
             call.end_reason = EndReason.MEDIA_TIMEOUT
@@ -449,6 +491,92 @@ class CallManager:
             if call.finished:
                 self._dialogs.pop(call.dialog.key, None)
             self._check_idle()
+
+    # -- transfers (Take this call) ------------------------------------------------------
+
+    def transfer(self, call: Call, requested_by: str) -> str:
+        """Start handing the call to its callee through the PBX; the Refer-To URI."""
+        if call.finished or call.dialog.state is not DialogState.CONFIRMED or not call.running:
+            raise TransferNotPossible("not_live", "the call is not in progress")
+        if call.transfer is not None:
+            raise TransferNotPossible("in_progress", "a transfer of this call is in progress")
+        config = self.live.current
+        tenant = config.tenant_named(call.info.tenant) or config.default_tenant
+        try:
+            target = render_refer_to(tenant.transfer_target,
+                                     extension=call.info.callee_extension or call.info.callee,
+                                     pbx_host=call.peer.host, tenant=call.info.tenant)
+        except InvalidTransferTarget as exc:
+            raise TransferNotPossible("bad_target", f"tenants.transfer_target: {exc}") from None
+        call.transfer = Transfer(target)
+        log.info("call_transfer_started", call_id=call.id, target=target,
+                 requested_by=requested_by, progress="realtime")
+        self.bus.emit(TransferStarted, call.id, target=target, requested_by=requested_by)
+        self._nursery.start_soon(self._transfer, call, call.transfer)
+        return target
+
+    async def _transfer(self, call: Call, transfer: Transfer) -> None:
+        """Say the transfer line, send the REFER, and fire its timer until it is decided."""
+        with transfer.scope:  # cancelled when the call ends
+            if self.voicebot is not None:
+                await self._say_and_wait(call, Line.TRANSFER)
+            timeout = self.live.current.sip.transfer_timeout
+            self._perform(call, call.dialog.refer(transfer.target, trio.current_time(),
+                                                  timeout=timeout))
+            if not call.dialog.transferring:  # the call ended meanwhile
+                return
+            while call.transfer is transfer:
+                deadline = call.dialog.next_deadline
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await transfer.done.wait()
+                if call.transfer is transfer:
+                    self._perform(call, call.dialog.timer_fired(trio.current_time()))
+
+    async def _say_and_wait(self, call: Call, line: Line) -> None:
+        """Have the bot say line and wait until it has been played (at most LINE_WAIT)."""
+        said = trio.Event()
+        played_at = [0.0]
+
+        def played(queued: float) -> None:
+            played_at[0] = trio.current_time() + queued
+            said.set()
+
+        self._prompt(call, Prompt(line, played))
+        with trio.move_on_after(LINE_WAIT):
+            await said.wait()
+            await trio.sleep_until(played_at[0])
+
+    def _prompt(self, call: Call, prompt: Prompt) -> None:
+        with contextlib.suppress(*_CHANNEL_GONE):
+            call.prompts.send_nowait(prompt)
+
+    async def _send_refer(self, call: Call, refer: SendRequest) -> None:
+        """Send our REFER; its final answer (None: none, or no next hop) goes to the dialog."""
+        response: Response | None = None
+        try:
+            destination = await self._sip.resolve(refer.next_hop, call.peer)
+        except NextHopUnresolved as exc:
+            log.warning("sip_refer_abandoned", call_id=call.id, reason=str(exc))
+        else:
+            log.info("sip_refer_sent", call_id=call.id, progress="realtime")
+            response = await self._sip.send_request(refer.request, destination,
+                                                     nursery=self._nursery)
+        if not call.finished:
+            self._perform(call, call.dialog.refer_answered(response, trio.current_time()))
+
+    def _transfer_done(self, call: Call, done: TransferDone) -> None:
+        transfer, call.transfer = call.transfer, None
+        if transfer is not None:
+            transfer.done.set()
+        if done.succeeded:
+            log.info("call_transferred", call_id=call.id, status=done.status,
+                     progress="realtime")
+            return
+        log.warning("call_transfer_failed", call_id=call.id, reason=done.reason,
+                    status=done.status, progress="realtime")
+        self.bus.emit(TransferFailed, call.id, reason=done.reason, status=done.status)
+        if not call.finished:
+            self._prompt(call, Prompt(Line.TRANSFER_FAILED))
 
     async def stop(self) -> None:
         """Refuse new calls, hang up every call, and wait until all have ended and said BYE."""

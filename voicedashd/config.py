@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from .events import event_types
+from .sip.refer_to import DEFAULT_TRANSFER_TARGET, check_transfer_target
 
 SECRET_ENV = "VOICEDASHD_JWT_SECRET"
 MIN_SECRET_BYTES = 32
@@ -184,6 +185,7 @@ class SipConfig(_Section):
     max_tcp_connections: int = Field(default=256, ge=1, le=1_000_000)
     max_tcp_connections_per_source: int = Field(default=16, ge=1, le=1_000_000)
     tcp_idle_timeout: Duration = Field(default=300.0, gt=0)
+    transfer_timeout: Duration = Field(default=30.0, ge=1.0, le=600.0)
 
     def trunk_for(self, host: str) -> TrunkConfig | None:
         """The first trunk whose sources contain a source address, or None."""
@@ -426,12 +428,16 @@ class WebhookConfig(_Section):
         return value
 
 
+TransferTarget = Annotated[str, AfterValidator(check_transfer_target)]
+
+
 class TenantConfig(_Section):
     """[[tenants]]: one organisation, found from the SIP domain."""
 
     name: str = Field(min_length=1)
     domains: tuple[str, ...] = ()
     default: bool = False
+    transfer_target: TransferTarget = DEFAULT_TRANSFER_TARGET
 
 
 class UserConfig(_Section):
@@ -456,6 +462,9 @@ DEFAULT_GREETING = ("Hello, you have reached extension {extension}. I am an auto
 DEFAULT_FALLBACK = ("Sorry, I don't know the answer to that. I'll pass your message on to "
                     "extension {extension}.")
 DEFAULT_FAREWELL = "Thank you for calling. Goodbye."
+DEFAULT_TRANSFER_LINE = "One moment please, I am putting you through."
+DEFAULT_TRANSFER_FAILED_LINE = ("Sorry, I could not put you through. I can take a message "
+                                "instead.")
 DEFAULT_SYSTEM_PROMPT = (
     "You are the telephone assistant of extension {extension}. Answer the caller in one or two "
     "short spoken sentences, using only the knowledge passages given. If they do not contain "
@@ -533,6 +542,8 @@ class VoicebotOverride(_Section):
     fallback: Template | None = None
     farewell: Template | None = None
     system_prompt: Template | None = None
+    transfer_line: Template | None = None
+    transfer_failed_line: Template | None = None
 
 
 class VoicebotConfig(_Section):
@@ -543,6 +554,8 @@ class VoicebotConfig(_Section):
     fallback: Template = DEFAULT_FALLBACK
     farewell: Template = DEFAULT_FAREWELL
     system_prompt: Template = DEFAULT_SYSTEM_PROMPT
+    transfer_line: Template = DEFAULT_TRANSFER_LINE
+    transfer_failed_line: Template = DEFAULT_TRANSFER_FAILED_LINE
     top_k: int = Field(default=3, ge=1, le=20)
     answer_sentences: int = Field(default=2, ge=1, le=10)
     vad_stop: Duration = Field(default=0.3, ge=0.1, le=3.0)
@@ -570,7 +583,8 @@ class VoicebotConfig(_Section):
         matches.sort(key=lambda o: o.extension is not None)  # the extension's own wins
         merged = {"knowledge": self.knowledge, "greeting": self.greeting,
                   "fallback": self.fallback, "farewell": self.farewell,
-                  "system_prompt": self.system_prompt}
+                  "system_prompt": self.system_prompt, "transfer_line": self.transfer_line,
+                  "transfer_failed_line": self.transfer_failed_line}
         for override in matches:
             merged |= {k: v for k in merged if (v := getattr(override, k)) is not None}
         return chosen.model_copy(update=merged)
@@ -696,6 +710,10 @@ class Config:
         if trunk is not None and trunk.tenant is not None:
             return next(t for t in self.tenants if t.name == trunk.tenant)
         return self.tenant_for_domain(domain)
+
+    def tenant_named(self, name: str) -> TenantConfig | None:
+        """The tenant of this name, if configured."""
+        return next((t for t in self.tenants if t.name == name), None)
 
     def find_user(self, tenant: str, extension: str) -> UserConfig | None:
         """Look up a dashboard user."""
@@ -874,6 +892,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "sip.max_tcp_connections": _LIVE,
     "sip.max_tcp_connections_per_source": _LIVE,
     "sip.tcp_idle_timeout": _LIVE,
+    "sip.transfer_timeout": _LIVE,
     "media.address": _RESTART,
     "media.public_address": _LIVE,
     "media.rtp_ports": _RESTART,
@@ -912,6 +931,7 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "tenants.name": _LIVE,
     "tenants.domains": _LIVE,
     "tenants.default": _LIVE,
+    "tenants.transfer_target": _LIVE,
     "users.extension": _LIVE,
     "users.tenant": _LIVE,
     "users.role": _LIVE,
@@ -921,6 +941,8 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "voicebot.fallback": _LIVE,
     "voicebot.farewell": _LIVE,
     "voicebot.system_prompt": _LIVE,
+    "voicebot.transfer_line": _LIVE,
+    "voicebot.transfer_failed_line": _LIVE,
     "voicebot.top_k": _LIVE,
     "voicebot.answer_sentences": _LIVE,
     "voicebot.vad_stop": _LIVE,
@@ -956,6 +978,8 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "webhooks.events": _LIVE,
     "webhooks.tenant": _LIVE,
     "webhooks.retry_base": _LIVE,
+    "voicebot.overrides.transfer_line": _LIVE,
+    "voicebot.overrides.transfer_failed_line": _LIVE,
 })
 # Config attributes resolved from a key rather than read from the file: they change, and are
 # kept, with that key (the secret may also come from VOICEDASHD_JWT_SECRET).

@@ -28,6 +28,7 @@ class EndReason(enum.StrEnum):
     MEDIA_TIMEOUT = "media_timeout"
     SHUTDOWN = "shutdown"
     ERROR = "error"
+    TRANSFERRED = "transferred"  # the PBX took the call elsewhere at the owner's request
     INTERRUPTED = "interrupted"  # the process died (kill -9, power loss); closed at next start
 
 
@@ -298,6 +299,24 @@ def call_summarized_fields(card: MessageCard) -> dict[str, Any]:
     return {"caller_name": card.caller_name, "callback_number": card.callback_number,
             "callback_requested": card.callback_requested, "reason": card.reason,
             "handled_by": card.handled_by, "source": card.source}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferStarted(CallEvent):
+    """Someone who may see the call asked to take it: the PBX is asked to transfer it."""
+
+    name: ClassVar[str] = "transfer_started"
+    target: str  # the Refer-To URI
+    requested_by: str  # the extension of who asked
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferFailed(CallEvent):
+    """The transfer did not happen (refused, failed, timed out): the bot carries on."""
+
+    name: ClassVar[str] = "transfer_failed"
+    reason: str
+    status: int | None = None
 
 
 def event_types() -> dict[str, type[CallEvent]]:

@@ -76,13 +76,18 @@ def test_unknown_method_is_501_with_allow(method: str) -> None:
 
 @pytest.mark.parametrize(
     "method",
-    ["REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"],
+    ["REGISTER", "PRACK", "SUBSCRIBE", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"],
 )
 def test_known_unsupported_method_is_405_with_allow(method: str) -> None:
     response = check_request(request(method), to_tag="t")
     assert response is not None
     assert (response.status, response.reason) == (405, "Method Not Allowed")
     assert response.headers.get("Allow") == ", ".join(ALLOWED_METHODS)
+
+
+def test_notify_goes_on_to_its_dialog_without_being_advertised() -> None:
+    assert check_request(request("NOTIFY"), to_tag="t") is None  # the dialog answers (481, 200)
+    assert "NOTIFY" not in ALLOWED_METHODS
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,34 @@ async def test_with_an_llm_the_passages_ground_the_conversation() -> None:
 async def test_goodbye_gets_the_farewell_then_ends_the_pipeline() -> None:
     out = await respond([final("thank you goodbye"), final("what are your opening hours")])
     assert said(out) == ["Hello, how can I help?", "Goodbye."]  # nothing after the goodbye
+
+
+async def test_a_prompt_is_said_with_its_mark_behind_it() -> None:
+    import asyncio
+
+    from voicedashd.voicebot.prompt import Line, Prompt
+    from voicedashd.voicebot.transport import PlayedMarkFrame
+
+    class OnePrompt:
+        def __init__(self) -> None:
+            self.given = False
+
+        async def get(self) -> Prompt:
+            if self.given:
+                await asyncio.Event().wait()  # nothing more is asked
+            self.given = True
+            return Prompt(Line.TRANSFER_FAILED, played=lambda queued: None)
+
+    wording = Wording(greeting="Hello.", fallback="-", farewell="Bye.", system_prompt="-",
+                      transfer="Putting you through.", transfer_failed="That did not work.")
+    knowledge = KnowledgeBase(())
+    recorder = Recorder()
+    out = await run_frames(
+        lambda _: [Responder(knowledge=knowledge, wording=wording, policy=AnswerPolicy(),
+                             conversation=Conversation(recorder), turns=TurnClock(),
+                             observe=recorder.observe, prompts=OnePrompt())],
+        [final("hello")] * 3, (LLMTextFrame, PlayedMarkFrame))
+    texts = [f.text if isinstance(f, LLMTextFrame) else "mark" for f in out]
+    assert texts.count("That did not work.") == 1
+    assert texts[texts.index("That did not work.") + 1] == "mark"
+    assert "Putting you through." not in texts

@@ -17,7 +17,7 @@ from quart_schema import (
 
 from .. import callstore
 from ..access import may_see
-from ..calls import Call
+from ..calls import Call, TransferNotPossible
 from ..callstore import HistoryCursor, TranscriptEntry
 from ..events import CallInfo, CallPhase, CallSummary
 from .auth_routes import ErrorResponse
@@ -164,7 +164,8 @@ async def call_history(user: AuthUser, query_args: HistoryQuery) -> HistoryRespo
     return HistoryResponse(calls=[_model(c) for c in page.calls], next_before=next_before)
 
 
-async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None:
+async def _visible(user: AuthUser, call_id: str, *,
+                   refused: str = "call_transcript_forbidden") -> tuple[CallInfo, bool] | None:
     """The call's data and whether it ended, if it exists and the user may see it."""
     api = deps()
     live = api.calls.get(call_id)
@@ -176,7 +177,7 @@ async def _visible(user: AuthUser, call_id: str) -> tuple[CallInfo, bool] | None
             return None
         info = summary.info
     if not may_see(user, info):
-        log.warning("call_transcript_forbidden", call_id=call_id, extension=user.extension,
+        log.warning(refused, call_id=call_id, extension=user.extension,
                     tenant=user.tenant, **client_fields())
         return None
     return info, live is None
@@ -226,3 +227,32 @@ async def transcript(user: AuthUser, call_id: str) -> object:
                 "detail": "the call's history cannot be read; try again later"}, 500
     return TranscriptResponse(call_id=info.call_id, ended=ended,
                               entries=[_line(e) for e in entries])
+
+
+class TransferResponse(BaseModel):
+    """The PBX is being asked to transfer the call to target; the outcome comes on the hub."""
+
+    call_id: str
+    target: str
+
+
+@blueprint.post("/<call_id>/transfer")
+@requires_user
+@validate_response(TransferResponse, 202)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+@document_response(ErrorResponse, 409)
+async def transfer_call(user: AuthUser, call_id: str) -> object:
+    """Take this call: the bot says the transfer line, then the PBX is asked (REFER)."""
+    # 404 alike for unknown and other people's calls; 409: not in progress, or already moving.
+    visible = await _visible(user, call_id, refused="call_transfer_forbidden")
+    if visible is None:
+        return {"error": "not_found", "detail": "no call with this id"}, 404
+    live = deps().calls.get(call_id)
+    if live is None:
+        return {"error": "not_live", "detail": "the call has ended"}, 409
+    try:
+        target = deps().calls.transfer(live, requested_by=user.extension)
+    except TransferNotPossible as exc:
+        return {"error": exc.code, "detail": str(exc)}, 409
+    return TransferResponse(call_id=call_id, target=target), 202

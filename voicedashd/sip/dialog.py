@@ -49,6 +49,7 @@ from voicedashd.sip.validate import allow_header
 CALLER_HANGUP = "caller_hangup"
 CANCELLED = "cancelled"
 ACK_TIMEOUT = "ack_timeout"
+TRANSFERRED = "transferred"
 
 DialogKey: TypeAlias = tuple[str, str, str]  # Call-ID, local tag, remote tag
 InviteKey: TypeAlias = tuple[str, str, int]  # Call-ID, From tag, CSeq number
@@ -210,7 +211,24 @@ class Ended:
     reason: str
 
 
-Action: TypeAlias = Respond | SendRequest | Confirmed | MediaChanged | Ended
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """Our REFER moves on: the PBX accepted it (2xx) or reports a provisional status (1xx)."""
+
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDone:
+    """Our REFER's outcome (reported once): the transfer succeeded, or failed and why."""
+
+    succeeded: bool
+    reason: str
+    status: int | None = None
+
+
+Action: TypeAlias = (Respond | SendRequest | Confirmed | MediaChanged | Ended | TransferProgress
+                     | TransferDone)
 
 
 class DialogState(enum.Enum):
@@ -248,6 +266,8 @@ class Dialog:
         self._resend_interval = timers.t1
         self._sent_bye = False
         self._end_reason: str | None = None
+        self._refer_cseq: int | None = None  # our REFER in progress (RFC 3515), by its CSeq
+        self._transfer_deadline: float | None = None
 
     # -- what the runner asks ----------------------------------------------------------------
 
@@ -279,8 +299,14 @@ class Dialog:
     @property
     def next_deadline(self) -> float | None:
         """When `timer_fired` should next be called, or None if no timer is running."""
-        present = [d for d in (self._resend_at, self._ack_deadline) if d is not None]
+        present = [d for d in (self._resend_at, self._ack_deadline, self._transfer_deadline)
+                   if d is not None]
         return min(present) if present else None
+
+    @property
+    def transferring(self) -> bool:
+        """Whether our REFER is in progress (sent, its outcome not known yet)."""
+        return self._refer_cseq is not None
 
     # -- our decisions -----------------------------------------------------------------------
 
@@ -329,6 +355,32 @@ class Dialog:
         self._sent_bye = True
         return [self._bye(), *self._end(reason)]
 
+    def refer(self, refer_to: str, now: float, *, timeout: float,
+              referred_by: str | None = None) -> list[Action]:
+        """Ask the peer to transfer the call to refer_to (RFC 3515); failed after timeout."""
+        if self._state is not DialogState.CONFIRMED or self._refer_cseq is not None:
+            return []
+        extra = [("Refer-To", f"<{refer_to}>"), ("Contact", self._contact)]
+        if referred_by is not None:
+            extra.append(("Referred-By", f"<{referred_by}>"))
+        request = self._request("REFER", extra)
+        self._refer_cseq = self._local_cseq
+        self._transfer_deadline = now + timeout
+        return [request]
+
+    def refer_answered(self, response: Response | None, now: float) -> list[Action]:
+        """Feed the final response to our REFER (None: it timed out)."""
+        if self._refer_cseq is None or self._state is DialogState.TERMINATED:
+            return []
+        if response is not None and _cseq_number(response.headers) != self._refer_cseq:
+            return []  # the late answer to an earlier REFER
+        if response is None:
+            return self._transfer_failed("no answer to REFER")
+        if response.status < 300:
+            return [TransferProgress(response.status)]
+        return self._transfer_failed(f"REFER refused: {response.status} {response.reason}",
+                                     response.status)
+
     # -- what the peer sends -----------------------------------------------------------------
 
     def receive(self, request: Request, now: float) -> list[Action]:
@@ -344,11 +396,15 @@ class Dialog:
             return self._reinvite(request)
         if method == "BYE":
             return self._receive_bye(request)
+        if method == "NOTIFY":
+            return self._receive_notify(request, now)
         return [Respond(request, make_response(request, 405, "Method Not Allowed",
                                                headers=[allow_header()]))]
 
     def timer_fired(self, now: float) -> list[Action]:
-        """Run whichever timers are due at `now`: the 2xx resend, the ACK timeout."""
+        """Run whichever timers are due at `now`: the 2xx resend, the ACK and REFER timeouts."""
+        if self._transfer_deadline is not None and now >= self._transfer_deadline:
+            return self._transfer_failed("no final NOTIFY in time")
         if self._ack_deadline is not None and now >= self._ack_deadline:
             return self.hang_up(ACK_TIMEOUT, now)
         if self._resend_at is not None and now >= self._resend_at:
@@ -418,6 +474,46 @@ class Dialog:
         self._answer = answer
         return [trying, Respond(request, self._ok(request)), MediaChanged(answer)]
 
+    def _receive_notify(self, notify: Request, now: float) -> list[Action]:
+        """A NOTIFY of our REFER's implicit subscription (RFC 3515 §2.4.4, RFC 6665)."""
+        if self._state is not DialogState.CONFIRMED or self._refer_cseq is None:
+            return [Respond(notify, unknown_dialog(notify))]
+        package, params = _event_of(notify.headers.get("Event") or "")
+        if package != "refer":
+            return [Respond(notify, make_response(notify, 489, "Bad Event",
+                                                  headers=[("Allow-Events", "refer")]))]
+        if params.get("id", str(self._refer_cseq)) != str(self._refer_cseq):
+            return [Respond(notify, unknown_dialog(notify))]  # an older REFER's subscription
+        try:
+            cseq, _ = cseq_of(notify.headers)
+        except InvalidHeader:
+            cseq = self._remote_cseq + 1
+        if cseq <= self._remote_cseq:
+            return [Respond(notify, make_response(
+                notify, 500, "Server Internal Error - CSeq out of order"))]
+        self._remote_cseq = cseq
+        ok = Respond(notify, make_response(notify, 200, "OK"))
+        state = (notify.headers.get("Subscription-State") or "").split(";", 1)[0]
+        terminated = state.strip(" \t").lower() == "terminated"
+        frag = sipfrag_status(notify.body)
+        if frag is not None and 200 <= frag[0] < 300:
+            self._clear_transfer()
+            return [ok, TransferDone(True, f"{frag[0]} {frag[1]}", frag[0]),
+                    *self.hang_up(TRANSFERRED, now)]  # RFC 5589 §6: the transferor leaves
+        if frag is not None and frag[0] >= 300:
+            return [ok, *self._transfer_failed(f"{frag[0]} {frag[1]}", frag[0])]
+        if terminated:
+            return [ok, *self._transfer_failed("subscription ended without a final status")]
+        return [ok, TransferProgress(frag[0])] if frag is not None else [ok]
+
+    def _transfer_failed(self, reason: str, status: int | None = None) -> list[Action]:
+        self._clear_transfer()
+        return [TransferDone(False, reason, status)]
+
+    def _clear_transfer(self) -> None:
+        self._refer_cseq = None
+        self._transfer_deadline = None
+
     # -- building messages ---------------------------------------------------------------------
 
     def _build_answer(self, offer: SessionDescription) -> Answer:
@@ -448,11 +544,17 @@ class Dialog:
         self._state = DialogState.TERMINATED
         self._ack_deadline = None
         self._resend_at = None
+        self._clear_transfer()
         self._end_reason = reason
         return [Ended(reason)]
 
     def _bye(self) -> SendRequest:
-        """Our BYE in this dialog, routed by the route set (RFC 3261 §12.2.1.1)."""
+        """Our BYE in this dialog."""
+        return self._request("BYE")
+
+    def _request(self, method: str,
+                 extra: Iterable[tuple[str, str]] = ()) -> SendRequest:
+        """Our request in this dialog, routed by the route set (RFC 3261 §12.2.1.1)."""
         invite = self.invite
         self._local_cseq += 1
         request_uri, routes, next_hop = _route(invite.route_set, invite.remote_target)
@@ -462,17 +564,46 @@ class Dialog:
             ("From", local if tag_of(local) else f"{local};tag={self.local_tag}"),
             ("To", invite.remote_uri),
             ("Call-ID", invite.call_id),
-            ("CSeq", f"{self._local_cseq} BYE"),
+            ("CSeq", f"{self._local_cseq} {method}"),
             *(("Route", r) for r in routes),
+            *extra,
             ("User-Agent", self._user_agent),
             ("Content-Length", "0"),
         ])
-        return SendRequest(Request("BYE", request_uri, headers), next_hop)
+        return SendRequest(Request(method, request_uri, headers), next_hop)
 
 
 def unknown_dialog(request: Request) -> Response:
     """The answer to a request for a dialog (or INVITE) we do not have: 481."""
     return make_response(request, 481, "Call/Transaction Does Not Exist")
+
+
+def _cseq_number(headers: Headers) -> int | None:
+    try:
+        return cseq_of(headers)[0]
+    except InvalidHeader:
+        return None
+
+
+def sipfrag_status(body: bytes) -> tuple[int, str] | None:
+    """The status code and phrase of a message/sipfrag body's status line (RFC 3420)."""
+    line = body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+    version, _, rest = line.partition(" ")
+    code, _, phrase = rest.partition(" ")
+    if version.upper() != "SIP/2.0" or len(code) != 3 or not code.isdigit():
+        return None
+    status = int(code)
+    return (status, phrase.strip()[:100]) if 100 <= status <= 699 else None
+
+
+def _event_of(value: str) -> tuple[str, dict[str, str]]:
+    """The package of an Event header (lower case) and its parameters (RFC 6665 §8.2.1)."""
+    package, *params = value.split(";")
+    found: dict[str, str] = {}
+    for param in params:
+        name, _, val = param.partition("=")
+        found[name.strip(" \t").lower()] = val.strip(" \t")
+    return package.strip(" \t").lower(), found
 
 
 def _route(route_set: tuple[str, ...], remote_target: str) -> tuple[str, list[str], str]:

@@ -14,6 +14,8 @@ KNOWN_METHODS = frozenset(
     }
 )
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")
+# Taken only inside a dialog that asked for them (NOTIFY: of our REFER); not advertised.
+DIALOG_METHODS = frozenset({"NOTIFY"})
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 ACCEPTED_CONTENT_TYPE = "application/sdp"
 
@@ -50,7 +52,7 @@ def check_request(request: Request, *, to_tag: str | None = None) -> Response | 
 
     if request.method not in KNOWN_METHODS:
         return reject(501, "Not Implemented", allow_header())
-    if request.method not in ALLOWED_METHODS:
+    if request.method not in ALLOWED_METHODS and request.method not in DIALOG_METHODS:
         return reject(405, "Method Not Allowed", allow_header())
     try:
         parse_uri(request.uri)

@@ -34,6 +34,7 @@ from ..media.session import MediaSession
 from ..metrics import Metrics
 from .echo import EchoReference
 from .priority import at_speech_priority
+from .prompt import Prompt
 
 if TYPE_CHECKING:
     from .pipeline import Models
@@ -44,6 +45,7 @@ T = TypeVar("T")
 INBOX_FRAMES = 50  # 1 s of 20 ms frames; a pipeline that far behind loses audio, not memory
 OUTBOX_CHUNKS = 64  # ~2.5 s of 40 ms chunks; pacing keeps it to a few
 EVENT_QUEUE = 256
+PROMPT_QUEUE = 4
 PLAYOUT_LEAD = 0.1  # the bot's audio may run this far ahead of real time into the RTP sender
 DRAIN_LIMIT = 10.0  # after the bot hangs up, wait at most this long for its last words to play
 # Where Pipecat logs an error a processor reports (the processor, then the worker twice).
@@ -79,6 +81,31 @@ class _Inbox:
     async def get(self) -> bytes:
         """The next chunk of audio."""
         return await self._queue.get()
+
+
+class _Prompts:
+    """Lines the call task asks for, filled from Trio, read by the Responder."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Prompt] = asyncio.Queue(PROMPT_QUEUE)
+
+    def put(self, prompt: Prompt) -> None:
+        """Called by the Trio side; never blocks (the call task asks for one at a time)."""
+        try:
+            self._queue.put_nowait(prompt)
+        except asyncio.QueueFull:
+            log.warning("voicebot_prompt_dropped", line=prompt.line.value)
+
+    async def get(self) -> Prompt:
+        """The next prompt."""
+        return await self._queue.get()
+
+
+class _Mark:
+    """In the outbox's stream: everything before it has been handed to the RTP sender."""
+
+    def __init__(self, played: Callable[[float], None]) -> None:
+        self.played = played
 
 
 class _Outbox:
@@ -118,6 +145,10 @@ class _Outbox:
     def end_of_speech(self) -> None:
         """The utterance is complete (the sender flushes its resampler)."""
         self._send(_END)
+
+    def mark(self, played: Callable[[float], None]) -> None:
+        """Call played(seconds queued in the sender) when the audio before it is handed over."""
+        self._send(_Mark(played))
 
 
 class _Events:
@@ -195,8 +226,11 @@ class Voicebot:
                 return
             log.info("voicebot_reloaded", generation=generation)
 
-    async def run(self, call: CallInfo, session: MediaSession, bus: EventBus) -> None:
+    async def run(self, call: CallInfo, session: MediaSession, bus: EventBus,
+                  prompts: trio.MemoryReceiveChannel[Prompt] | None = None) -> None:
         """Run the call's bot until the call ends (cancelled) or the bot hangs up (returns).
+
+        Each prompt that comes is said (after what the bot is saying at the moment).
 
         The pipeline starts with the caller's first audio. Raises VoicebotFailed (from the
         pipeline's exception) if it failed; the caller ends the call with BYE and reason
@@ -219,8 +253,10 @@ class Voicebot:
         echo = EchoReference()
         inbox, outbox = _Inbox(), _Outbox(out_send, session.rate, echo)
         events = _Events(event_send)
+        said = _Prompts()
         inbox.put(first.data)
-        hooks = CallHooks(inbox=inbox, outbox=outbox, events=events, offload=self._offload,
+        hooks = CallHooks(inbox=inbox, outbox=outbox, events=events, prompts=said,
+                          offload=self._offload,
                           try_offload=self._try_offload, run_process=self._run_process,
                           observe=self._observe, echo=echo, environ=self.environ)
         played = trio.Event()
@@ -233,6 +269,8 @@ class Voicebot:
                     async with trio.open_nursery() as media:
                         media.start_soon(_feed, session, inbox)
                         media.start_soon(_play, session, out_receive, played)
+                        if prompts is not None:
+                            media.start_soon(_ask, prompts, said)
                         try:
                             await trio_asyncio.aio_as_trio(
                                 run_pipeline, loop=self.loop)(call, config, self.models, hooks)
@@ -324,11 +362,19 @@ async def _feed(session: MediaSession, inbox: _Inbox) -> None:
         inbox.put(frame.data)
 
 
+async def _ask(prompts: trio.MemoryReceiveChannel[Prompt], said: _Prompts) -> None:
+    """Pass the call task's prompts to the pipeline."""
+    async for prompt in prompts:
+        said.put(prompt)
+
+
 async def _play(session: MediaSession, receive: trio.MemoryReceiveChannel[Any],
                 played: trio.Event) -> None:
     """Send the bot's audio to the caller; a flush drops what the sender still holds."""
     async for item in receive:
-        if item is _FLUSH:
+        if isinstance(item, _Mark):
+            item.played(session.queued)
+        elif item is _FLUSH:
             session.flush()
         elif item is _END:
             await session.send_pcm(b"", last=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .prompt import Prompt
 
 T = TypeVar("T")
 
@@ -53,6 +56,18 @@ class Outbox(Protocol):
 
     def end_of_speech(self) -> None:
         """The bot stopped talking: let the sender finish the utterance."""
+        ...
+
+    def mark(self, played: Callable[[float], None]) -> None:
+        """Call played(seconds still queued) once everything written so far is handed over."""
+        ...
+
+
+class Prompts(Protocol):
+    """Lines the call task asks the bot to say (a transfer's), put in by the Trio side."""
+
+    async def get(self) -> Prompt:
+        """The next prompt, waiting for it."""
         ...
 
 

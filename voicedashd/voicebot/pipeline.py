@@ -24,7 +24,16 @@ from ..errors import ListenerError
 from ..events import CallInfo
 from .echo import EchoReference
 from .hibari_tts import HibariTTSService, HibariVoice
-from .host import CallEvents, Inbox, Observe, Offload, Outbox, RunProcess, TryOffload
+from .host import (
+    CallEvents,
+    Inbox,
+    Observe,
+    Offload,
+    Outbox,
+    Prompts,
+    RunProcess,
+    TryOffload,
+)
 from .rag import KnowledgeBase
 from .responder import AnswerPolicy, Responder, Wording
 from .services import EspeakTTSService, PocketsphinxSTTService, WhisperSTTService
@@ -153,6 +162,7 @@ class CallHooks:
     observe: Observe
     echo: EchoReference
     environ: Mapping[str, str]
+    prompts: Prompts | None = None
 
 
 def render(template: str, call: CallInfo) -> str:
@@ -179,10 +189,12 @@ def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
         wording=Wording(greeting=render(chosen.greeting or "", call),
                         fallback=render(chosen.fallback or "", call),
                         farewell=render(chosen.farewell or "", call),
-                        system_prompt=render(chosen.system_prompt or "", call)),
+                        system_prompt=render(chosen.system_prompt or "", call),
+                        transfer=render(chosen.transfer_line or "", call),
+                        transfer_failed=render(chosen.transfer_failed_line or "", call)),
         policy=AnswerPolicy(top_k=config.top_k, sentences=config.answer_sentences,
                             use_llm=config.llm.engine != "none", barge_in=config.barge_in),
-        conversation=conversation, turns=turns, observe=hooks.observe)
+        conversation=conversation, turns=turns, observe=hooks.observe, prompts=hooks.prompts)
     llm = _llm(config.llm, hooks.environ)
     tts = _tts(config.tts, models, hooks)
     processors: list[FrameProcessor] = [transport.input(), vad, stt, *plugins, responder]

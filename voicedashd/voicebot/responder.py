@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
     EndWorkerFrame,
     Frame,
     InterimTranscriptionFrame,
@@ -22,8 +25,10 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from .farewell import is_farewell
-from .host import Observe
+from .host import Observe, Prompts
+from .prompt import Line, Prompt
 from .rag import KnowledgeBase
+from .transport import PlayedMarkFrame
 from .turns import Conversation, TurnClock
 
 
@@ -35,6 +40,12 @@ class Wording:
     fallback: str
     farewell: str
     system_prompt: str
+    transfer: str = ""
+    transfer_failed: str = ""
+
+    def line(self, line: Line) -> str:
+        """The text of a line the call task asks for."""
+        return self.transfer if line is Line.TRANSFER else self.transfer_failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +66,13 @@ class Responder(FrameProcessor):
     its context. The answer goes downstream as an LLM-style response so the TTS service
     speaks it sentence by sentence. Words from the caller while the bot talks interrupt it
     (recognised words, not mere sound: the bot's own echo or a cough does not); a final line
-    that only says goodbye gets the farewell, and the bot hangs up.
+    that only says goodbye gets the farewell, and the bot hangs up. Lines the call task asks
+    for (prompts) are said as they come, after what the bot is saying.
     """
 
     def __init__(self, *, knowledge: KnowledgeBase, wording: Wording, policy: AnswerPolicy,
-                 conversation: Conversation, turns: TurnClock, observe: Observe) -> None:
+                 conversation: Conversation, turns: TurnClock, observe: Observe,
+                 prompts: Prompts | None = None) -> None:
         super().__init__(name="responder")
         self._knowledge = knowledge
         self._wording = wording
@@ -69,6 +82,8 @@ class Responder(FrameProcessor):
         self._observe = observe
         self._bot_speaking = False
         self._hanging_up = False
+        self._prompts = prompts
+        self._prompt_reader: Any = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Route one frame: transcripts are answered here, the rest passes on."""
@@ -76,6 +91,11 @@ class Responder(FrameProcessor):
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
             await self._say(self._wording.greeting)
+            if self._prompts is not None and self._prompt_reader is None:
+                self._prompt_reader = self.create_task(self._read_prompts(), "prompts")
+        elif isinstance(frame, EndFrame | CancelFrame):
+            await self._stop_prompts()
+            await self.push_frame(frame, direction)
         elif isinstance(frame, InterimTranscriptionFrame):
             if self._conversation.transcript(frame.text, is_final=False):
                 await self._barge_in()
@@ -88,6 +108,28 @@ class Responder(FrameProcessor):
             if isinstance(frame, BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
                 self._bot_speaking = isinstance(frame, BotStartedSpeakingFrame)
             await self.push_frame(frame, direction)
+
+    async def cleanup(self) -> None:
+        """Stop reading prompts (if the end of the pipeline did not)."""
+        await self._stop_prompts()
+        await super().cleanup()
+
+    async def _stop_prompts(self) -> None:
+        reader, self._prompt_reader = self._prompt_reader, None
+        if reader is not None:
+            await self.cancel_task(reader)
+
+    async def _read_prompts(self) -> None:
+        assert self._prompts is not None
+        while True:
+            await self._say_prompt(await self._prompts.get())
+
+    async def _say_prompt(self, prompt: Prompt) -> None:
+        if self._hanging_up:
+            return
+        await self._say(self._wording.line(prompt.line))
+        if prompt.played is not None:  # follows the words through TTS to the output
+            await self.push_frame(PlayedMarkFrame(played=prompt.played))
 
     async def _barge_in(self) -> None:
         if self._policy.barge_in and self._bot_speaking and not self._hanging_up:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
+    DataFrame,
     EndFrame,
     Frame,
     InputAudioRawFrame,
@@ -21,6 +25,13 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from .host import CallEvents, Inbox, Observe, Outbox
 from .turns import TurnClock
+
+
+@dataclass
+class PlayedMarkFrame(DataFrame):
+    """Behind a prompt's words: reaching the output, they are handed to the RTP sender."""
+
+    played: Callable[[float], None] = lambda queued: None
 
 
 class RtpInputTransport(BaseInputTransport):
@@ -108,8 +119,10 @@ class RtpOutputTransport(BaseOutputTransport):
         return True
 
     async def write_transport_frame(self, frame: Frame) -> None:
-        """A sentence is about to be played: the bot starts saying it."""
-        if (isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame)
+        """A sentence is about to be played: the bot starts saying it; or a prompt is played."""
+        if isinstance(frame, PlayedMarkFrame):
+            self._outbox.mark(frame.played)
+        elif (isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame)
                 and frame.will_be_spoken and frame.text.strip()):
             self._end_sentence()
             self._in_sentence = True

@@ -31,6 +31,7 @@ const END_REASONS = {
   shutdown: "the server was stopped",
   error: "an error",
   interrupted: "the server stopped unexpectedly",
+  transferred: "it was put through to the extension",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -603,6 +604,7 @@ class Dashboard {
     $("logout").addEventListener("click", () => this.#logout());
     $("call-close").addEventListener("click", () => this.#closeCall(true));
     $("history-more").addEventListener("click", () => this.#loadHistory(true));
+    $("call-take").addEventListener("click", () => this.#takeCall());
     $("call-view").addEventListener("keydown", (event) => {
       if (event.key === "Escape") this.#closeCall(true);
     });
@@ -912,6 +914,7 @@ class Dashboard {
     $("call-view").hidden = false;
     $("app-view").classList.add("call-open");
     $("call-title").focus();
+    this.#takeState(live ? "ready" : "hidden");
     if (live) {
       this.#callStatus("Connecting to the live call…", "");
       this.hub.subscribe(id, {
@@ -931,6 +934,7 @@ class Dashboard {
     this.hub.unsubscribe(view.id);
     this.view = null;
     this.transcript.reset();
+    this.#takeState("hidden");
     $("call-view").hidden = true;
     $("app-view").classList.remove("call-open");
     this.#markCurrent();
@@ -1018,7 +1022,18 @@ class Dashboard {
       case "dtmf":
         this.transcript.system(`Caller pressed ${data.digit}`, event.seq);
         break;
+      case "transfer_started":
+        this.transcript.system(`Transfer to ${view.call.extension} asked for`, event.seq);
+        this.#takeState("moving", `Putting the call through to ${view.call.extension}…`);
+        break;
+      case "transfer_failed":
+        this.transcript.system(`The transfer failed: ${data.reason}`, event.seq);
+        this.#takeState("ready", `The transfer failed (${data.reason}). The bot carries on.`,
+          "failed");
+        break;
       case "call_ended": {
+        this.#takeState(data.reason === "transferred" ? "done" : "hidden",
+          "The call was put through.");
         this.transcript.botCompleted();
         view.ended = true;
         view.call = { ...view.call, endReason: data.reason, duration: data.duration ?? null,
@@ -1033,6 +1048,41 @@ class Dashboard {
       default:
         break;
     }
+  }
+
+  /** The Take this call button: hidden, ready, moving (a transfer runs) or done. */
+  #takeState(state, text = "", kind = "") {
+    $("take").hidden = state === "hidden";
+    const button = $("call-take");
+    button.disabled = state !== "ready";
+    button.hidden = state === "done";
+    const status = $("take-status");
+    status.textContent = text;
+    status.className = `take-status ${kind}`;
+  }
+
+  async #takeCall() {
+    const view = this.view;
+    if (view === null || view.ended) return;
+    const id = view.id;
+    this.#takeState("moving", "Asking the phone system to put the call through…");
+    let answer;
+    try {
+      answer = await this.session.fetch(`/api/calls/${encodeURIComponent(id)}/transfer`,
+        { method: "POST" });
+    } catch (error) {
+      if (!(error instanceof SessionEnded) && this.view?.id === id) {
+        this.#takeState("ready", "The request did not reach the server. Try again.", "failed");
+      }
+      return;
+    }
+    if (this.view?.id !== id || this.view.ended) return;
+    if (answer.status === 202) return;   // the hub tells how it goes
+    const body = await answer.json().catch(() => ({}));
+    const why = body.error === "in_progress" ? "A transfer of this call is already under way."
+      : body.error === "not_live" ? "The call is no longer in progress."
+        : answer.status === 404 ? "This call cannot be taken." : `The call cannot be taken (${body.detail || answer.status}).`;
+    this.#takeState(body.error === "in_progress" ? "moving" : "ready", why, "failed");
   }
 
   #callFailed(id, code, detail) {
