@@ -364,14 +364,9 @@ class LogConfig(_Section):
     dtmf_digits: bool = False  # the keys a caller pressed are often PINs or card numbers
 
 
-# Event names a webhook may ask for besides those of events.py: call_summary is published by
-# the call summary of issue 16, built beside webhooks; this keeps configs that name it valid.
-WEBHOOK_EXTRA_EVENTS = ("call_summary",)
-
-
 def webhook_event_names() -> tuple[str, ...]:
     """The event names [[webhooks]] events may list, sorted."""
-    return tuple(sorted({*event_types(), *WEBHOOK_EXTRA_EVENTS}))
+    return tuple(sorted(event_types()))
 
 
 def check_webhook_url(value: str) -> str:
