@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.config_text import MINIMAL
 from voicedashd import callstore
 from voicedashd.bus import EventBus
 from voicedashd.config import parse_config
@@ -39,18 +40,7 @@ from voicedashd.metrics import Metrics
 from voicedashd.store import MIGRATIONS, Store, open_store
 from voicedashd.voicebot.summarizer import Summarizer, serve_summaries
 
-BASE = """
-[sip]
-listen = "127.0.0.1:5999"
-[api]
-listen = "127.0.0.1:5998"
-[hub]
-listen = "127.0.0.1:5997"
-[store]
-path = "store.sqlite3"
-[[tenants]]
-name = "acme"
-"""
+BASE = MINIMAL
 ENV = {"VOICEDASHD_JWT_SECRET": "s" * 48}
 ARRIVED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 MESSAGE = [

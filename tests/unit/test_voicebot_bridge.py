@@ -15,6 +15,7 @@ import trio
 import trio_asyncio
 from structlog.testing import capture_logs
 
+from tests.config_text import MINIMAL
 from tests.harness import free_even_port_range
 from voicedashd.bus import EventBus
 from voicedashd.config import parse_config
@@ -36,17 +37,7 @@ from voicedashd.voicebot.pipeline import (
     load_vad_model,
 )
 
-CONFIG = """
-[sip]
-listen = "127.0.0.1:5999"
-[api]
-listen = "127.0.0.1:5998"
-[hub]
-listen = "127.0.0.1:5997"
-[store]
-path = "store.sqlite3"
-[[tenants]]
-name = "acme"
+CONFIG = MINIMAL + """
 [voicebot]
 greeting = "Hello, this is a test of the greeting."
 """

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.config_text import MINIMAL
 from voicedashd.config import Config, ConfigError, parse_config
 
-BASE = """
-[sip]
-listen = "127.0.0.1:5999"
-[api]
-listen = "127.0.0.1:5998"
-[hub]
-listen = "127.0.0.1:5997"
-[store]
-path = "store.sqlite3"
-[[tenants]]
-name = "acme"
+BASE = MINIMAL + """
 [[tenants]]
 name = "globex"
 """
