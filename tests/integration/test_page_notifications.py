@@ -1,6 +1,7 @@
 """Browser notifications in the dashboard page (headless Chromium) for sipp calls: asked for
 only from a click, a notice when a call starts and its message card when it ends, a click on
-it opens the call; nothing when turned off, nothing for another user's call.
+it opens the call; nothing when turned off, nothing for another user's call, and no card
+notice for the call the person is watching.
 
 A spy installed before the page's own script (CDP Page.addScriptToEvaluateOnNewDocument)
 records each Notification the page makes while still calling the real constructor, counts
@@ -205,6 +206,16 @@ async def test_notifications_for_the_owners_calls(tmp_path: Path) -> None:
                     ".map((li) => li.dataset.callId).find((id) => id !== arguments[0])",
                     quiet["call_id"], timeout=30, what="the last call in the active list"))
                 await shown_for(page, again, f"Call from {CALLER}")
-            tags = {n["tag"] for n in await page.js(SHOWN)}
+                await page.screenshot("page-notifications-on")
+                # Watching this very call (page in front, focused): its card needs no notice.
+                assert await page.js("return document.visibilityState === 'visible'"
+                                     " && document.hasFocus()")
+                await page.press(f'#active-list button[data-call-id="{again}"]')
+                await page.until("return !document.getElementById('call-card').hidden",
+                                 timeout=30, what="the card of the call being watched")
+            shown = await page.js(SHOWN)
+            assert [(n["tag"], n["title"]) for n in shown[2:]] == [
+                (again, f"Call from {CALLER}")], shown
+            tags = {n["tag"] for n in shown}
             assert quiet["call_id"] not in tags and bobs["call_id"] not in tags, tags
             await assert_clean_console(page)
