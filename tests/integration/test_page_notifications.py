@@ -20,7 +20,13 @@ import trio
 
 from tests.browser import Browser, open_browser
 from tests.harness import DaemonConfig, User, run_daemon
-from tests.integration.test_page import TIMEOUT, assert_clean_console, log_in, page_config
+from tests.integration.test_page import (
+    PHONE,
+    TIMEOUT,
+    assert_clean_console,
+    log_in,
+    page_config,
+)
 from tests.integration.test_page import place_call as place_sipp_call
 from tests.voice_caller import speak
 
@@ -218,4 +224,15 @@ async def test_notifications_for_the_owners_calls(tmp_path: Path) -> None:
                 (again, f"Call from {CALLER}")], shown
             tags = {n["tag"] for n in shown}
             assert quiet["call_id"] not in tags and bobs["call_id"] not in tags, tags
+
+            # Blocked later in the browser's site settings: the page says so, without a reload.
+            await page.cdp("Browser.setPermission", {
+                "origin": config.api_url, "permission": {"name": "notifications"},
+                "setting": "denied"})
+            await page.until("return document.getElementById('notify-toggle').dataset.state"
+                             " === 'blocked'", what="notifications shown as blocked")
+            assert await page.js("return document.getElementById('notify-toggle').disabled")
+            assert "blocked by the browser" in str(await page.text("#notify-state"))
+            await page.resize(*PHONE)
+            await page.screenshot("page-notifications-blocked-phone")
             await assert_clean_console(page)
