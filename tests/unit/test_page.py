@@ -67,3 +67,16 @@ def test_the_page_files_are_package_data_without_inline_code() -> None:
         text = assets[name].body.decode()
         assert "http://" not in text and "https://" not in text, name   # nothing elsewhere
     assert "innerHTML" not in assets["app.js"].body.decode()            # text is never parsed
+
+
+def test_every_module_the_page_imports_is_served() -> None:
+    _, assets = load_assets()
+    scripts = {name: asset.body.decode() for name, asset in assets.items() if name.endswith(".js")}
+    imported = {name for text in scripts.values()
+                for name in re.findall(r'^import .* from "\./([^"]+)";$', text, re.MULTILINE)}
+    assert "notify.js" in imported
+    assert imported <= set(scripts), imported - set(scripts)
+    for name in imported:
+        assert assets[name].content_type.startswith("text/javascript"), name
+        text = scripts[name]
+        assert "http://" not in text and "https://" not in text and "innerHTML" not in text, name

@@ -11,6 +11,8 @@
 // hub closes it because the token lapsed (4401); each followed call is resumed with since_seq
 // and events are applied once per (call_id, seq).
 
+import { Notifier } from "./notify.js";
+
 const HUB_URL = document.querySelector('meta[name="voicedash-hub"]').content;
 const REFRESH_RETRY_MS = 5_000;       // a refresh that failed for a network reason
 const PING_EVERY_MS = 20_000;         // application pings find a dead connection...
@@ -584,11 +586,18 @@ class Dashboard {
   constructor() {
     this.session = new Session(() => this.#signedOut("Your session has ended. Please log in again."));
     this.hub = new Hub(HUB_URL, this.session, {
-      onLobby: (event) => this.#lobby(event),
+      onLobby: (event) => {
+        this.#lobby(event);
+        const known = this.#knownCall(event.call_id);
+        this.notifier.lobby(event, known ? callerLabel(known) : null);
+      },
       onConnected: () => this.#loadActive(),
       onStatus: (state) => this.#hubStatus(state),
     });
     this.transcript = new Transcript($("transcript"), $("interim"), $("transcript-empty"));
+    this.notifier = new Notifier({ toggle: $("notify-toggle"), state: $("notify-state"),
+      sound: $("notify-sound"), soundBox: $("notify-sound-box") },
+    (id) => this.#openNotified(id), (id) => this.view?.id === id);
     this.active = new Map();        // call id -> call
     this.addedAt = new Map();       // call id -> when a call_started added it (performance.now)
     this.ended = new Set();         // ids of calls seen ending, so a stale list cannot revive them
@@ -709,6 +718,7 @@ class Dashboard {
 
   #signedOut(message) {
     this.hub.stop();
+    this.notifier.reset();
     clearInterval(this.ticker);
     clearTimeout(this.historyTimer);
     this.active.clear();
@@ -926,6 +936,28 @@ class Dashboard {
       this.#callStatus(this.#endedText(call), "ended");
       this.#loadTranscript(id);
     }
+  }
+
+  #knownCall(id) {
+    return this.active.get(id) ?? this.history.find((call) => call.id === id);
+  }
+
+  /** Open the call a notification was about; one not (yet) in the lists is fetched first. */
+  async #openNotified(id) {
+    if (!this.session.active) return;
+    if (this.#knownCall(id) === undefined) {
+      try {
+        const answer = await this.session.fetch(`/api/calls/${encodeURIComponent(id)}`);
+        if (!answer.ok) return;
+        const call = callFrom(await answer.json());
+        if (this.#knownCall(id) === undefined) this.history.unshift(call);
+      } catch {
+        return;
+      }
+      if (!this.session.active) return;
+      this.#renderHistory();
+    }
+    this.#openCall(id);
   }
 
   #closeCall(returnFocus) {
