@@ -328,7 +328,7 @@ async def test_cors_security_headers_and_openapi(tmp_path: Path) -> None:
             assert {"/api/calls", "/api/calls/active",
                     "/api/calls/{call_id}/transcript"} <= set(paths)
             history = paths["/api/calls"]["get"]
-            assert {p["name"] for p in history["parameters"]} == {"before", "limit"}
+            assert {p["name"] for p in history["parameters"]} == {"before", "limit", "state"}
             assert history["security"] == [{"bearer": []}]
             for path in ("/api/calls/active", "/api/calls/{call_id}/transcript"):
                 assert paths[path]["get"]["security"] == [{"bearer": []}]
