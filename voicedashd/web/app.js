@@ -935,7 +935,7 @@ class Dashboard {
     $("app-view").hidden = true;
     $("session-bar").hidden = true;
     $("login-view").hidden = false;
-    document.title = "Calls — voicedashd";
+    this.#title();
     this.#clearLoginMessages();
     $("login-message").textContent = message;
     $("login-message").hidden = false;
