@@ -24,6 +24,7 @@ from .events import (
     TtsStarted,
     event_from_record,
 )
+from .inbox import InboxState, history_filter
 from .store import Store
 
 log = structlog.get_logger(__name__)
@@ -129,14 +130,19 @@ async def find_call(store: Store, bus: EventBus, call_id: str) -> CallSummary | 
 
 
 async def call_history(store: Store, viewer: Viewer, *, before: HistoryCursor | None = None,
-                       limit: int = 20) -> HistoryPage:
-    """Return the calls viewer may see, newest first, older than before, at most limit."""
+                       limit: int = 20, state: InboxState | None = None) -> HistoryPage:
+    """Return the calls viewer may see (in state for them, if given), newest first, older than
+    before, at most limit."""
     where = ["tenant = ?"]
     params: list[Any] = [viewer.tenant]
     extension = visible_extension(viewer)
     if extension is not None:
         where.append("callee_extension = ?")
         params.append(extension)
+    if state is not None:
+        condition, values = history_filter(viewer, state)
+        where.append(condition)
+        params.extend(values)
     if before is not None:
         where.append("(started_at, call_id) < (?, ?)")
         params.extend(before.key())

@@ -87,6 +87,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE calls ADD COLUMN summary TEXT;
     """,
+    # Unread and handled (inbox.py): one user's marks of one call; no row means new. Keyed by
+    # the user (tenant, extension) as admins keep their own marks of their tenant's calls.
+    """
+    CREATE TABLE call_marks (
+        call_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        handled_at TEXT,
+        PRIMARY KEY (tenant, extension, call_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 

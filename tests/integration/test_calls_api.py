@@ -160,6 +160,7 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
         "end_reason": None,
         "duration": None,
         "summary": None,
+        "inbox": "new",
     }
     assert live["started_at"].endswith("Z") and live["answered_at"].endswith("Z")
     assert _time(live["answered_at"]) == _time(started["alice"]["started_at"])
@@ -327,7 +328,7 @@ async def test_cors_security_headers_and_openapi(tmp_path: Path) -> None:
             assert {"/api/calls", "/api/calls/active",
                     "/api/calls/{call_id}/transcript"} <= set(paths)
             history = paths["/api/calls"]["get"]
-            assert {p["name"] for p in history["parameters"]} == {"before", "limit"}
+            assert {p["name"] for p in history["parameters"]} == {"before", "limit", "state"}
             assert history["security"] == [{"bearer": []}]
             for path in ("/api/calls/active", "/api/calls/{call_id}/transcript"):
                 assert paths[path]["get"]["security"] == [{"bearer": []}]

@@ -60,7 +60,10 @@ def test_wire_form_passes_the_rest_schema_unchanged() -> None:
                         ended_at=ANSWERED + timedelta(seconds=3), end_reason="caller_hangup",
                         duration=3.0)
     for summary in (CallSummary(info=INFO, phase=CallPhase.ANSWERED), ended):
-        body = CallSummaryModel.model_validate(summary.wire()).model_dump(mode="json")
+        # The REST answer is the wire form plus the requesting user's inbox state.
+        body = CallSummaryModel.model_validate({**summary.wire(), "inbox": "new"}).model_dump(
+            mode="json")
+        assert body.pop("inbox") == "new"
         assert set(body) == WIRE_KEYS
         for key in WIRE_KEYS - {"started_at", "created_at", "answered_at", "ended_at"}:
             assert body[key] == summary.wire()[key], key

@@ -15,11 +15,12 @@ from quart_schema import (
     validate_response,
 )
 
-from .. import callstore
+from .. import callstore, inbox
 from ..access import may_see
 from ..calls import Call, TransferNotPossible
 from ..callstore import HistoryCursor, TranscriptEntry
-from ..events import CallInfo, CallPhase, CallSummary
+from ..events import CallInfo, CallPhase, CallSummary, utc_now
+from ..inbox import InboxState, Mark
 from .auth_routes import ErrorResponse
 from .client import client_fields
 from .deps import deps
@@ -48,6 +49,8 @@ class HistoryQuery(BaseModel):
 
     before: Cursor | None = None
     limit: int = Field(default=20, ge=1, le=100)
+    state: InboxState | None = Field(
+        default=None, description="only calls in this state for the user: new, open, handled")
 
 
 class Party(BaseModel):
@@ -87,7 +90,8 @@ class CallSummaryModel(BaseModel):
     end_reason: str | None
     duration: float | None
     summary: MessageCardModel | None
-
+    inbox: InboxState = Field(description="the requesting user's own state of the call: new "
+                              "until they open it, open until they mark it handled, handled")
 
 
 class ActiveCalls(RootModel[list[CallSummaryModel]]):
@@ -119,8 +123,14 @@ class TranscriptResponse(BaseModel):
     entries: list[TranscriptLine]
 
 
-def _model(summary: CallSummary) -> CallSummaryModel:
-    return CallSummaryModel.model_validate(summary.wire())
+def _model(summary: CallSummary, state: InboxState) -> CallSummaryModel:
+    # The one place the per-user field joins the shared wire form.
+    return CallSummaryModel.model_validate({**summary.wire(), "inbox": state})
+
+
+async def _models(user: AuthUser, summaries: list[CallSummary]) -> list[CallSummaryModel]:
+    known = await inbox.states(deps().store, user, (s.info.call_id for s in summaries))
+    return [_model(s, known[s.info.call_id]) for s in summaries]
 
 
 def _active(call: Call) -> CallSummary:
@@ -140,7 +150,8 @@ def _line(entry: TranscriptEntry) -> TranscriptLine:
 @document_response(ErrorResponse, 401)
 async def active_calls(user: AuthUser) -> ActiveCalls:
     """Calls in progress that the user may see (admins: all of their tenant), oldest first."""
-    calls = [_model(_active(c)) for c in deps().calls.active_calls() if may_see(user, c.info)]
+    calls = await _models(user, [_active(c) for c in deps().calls.active_calls()
+                                 if may_see(user, c.info)])
     log.info("active_calls_retrieved", extension=user.extension, tenant=user.tenant,
              count=len(calls), progress="realtime")
     return ActiveCalls(calls)
@@ -159,9 +170,29 @@ async def call_history(user: AuthUser, query_args: HistoryQuery) -> HistoryRespo
     # call that just ended shows as ended.
     await store.flush()
     page = await callstore.call_history(store, user, before=query_args.before,
-                                        limit=query_args.limit)
+                                        limit=query_args.limit, state=query_args.state)
     next_before = page.next_before.encode() if page.next_before else None
-    return HistoryResponse(calls=[_model(c) for c in page.calls], next_before=next_before)
+    return HistoryResponse(calls=await _models(user, page.calls), next_before=next_before)
+
+
+class InboxCountsResponse(BaseModel):
+    """How many of the calls the user may see are new, open and handled for them."""
+
+    new: int
+    open: int
+    handled: int
+
+
+@blueprint.get("/counts")
+@requires_user
+@validate_response(InboxCountsResponse, 200)
+@document_response(ErrorResponse, 401)
+async def inbox_counts(user: AuthUser) -> InboxCountsResponse:
+    """The user's unread (new), open and handled counts over the calls they may see."""
+    store = deps().store
+    await store.flush()     # a call that just arrived may still be in the writer's queue
+    counts = await inbox.counts(store, user)
+    return InboxCountsResponse(new=counts.new, open=counts.open, handled=counts.handled)
 
 
 async def _visible(user: AuthUser, call_id: str, *,
@@ -204,7 +235,8 @@ async def call(user: AuthUser, call_id: str) -> object:
             log.warning("call_forbidden", call_id=call_id, extension=user.extension,
                         tenant=user.tenant, **client_fields())
         return {"error": "not_found", "detail": "no call with this id"}, 404
-    return _model(summary)
+    states = await inbox.states(api.store, user, [call_id])
+    return _model(summary, states[call_id])
 
 
 @blueprint.get("/<call_id>/transcript")
@@ -256,3 +288,51 @@ async def transfer_call(user: AuthUser, call_id: str) -> object:
     except TransferNotPossible as exc:
         return {"error": exc.code, "detail": str(exc)}, 409
     return TransferResponse(call_id=call_id, target=target), 202
+
+
+class InboxStateResponse(BaseModel):
+    """The user's state of the call after the change."""
+
+    call_id: str
+    inbox: InboxState
+
+
+async def _mark(user: AuthUser, call_id: str, action: Mark) -> object:
+    """Record the user's mark on a call they may see; 404 alike for unknown and others'."""
+    visible = await _visible(user, call_id, refused="call_mark_forbidden")
+    if visible is None:
+        return {"error": "not_found", "detail": "no call with this id"}, 404
+    state = await inbox.mark(deps().store, user, call_id, action, utc_now())
+    log.info("call_marked", call_id=call_id, mark=action.value, inbox=state.value,
+             extension=user.extension, tenant=user.tenant)
+    return InboxStateResponse(call_id=call_id, inbox=state)
+
+
+@blueprint.post("/<call_id>/opened")
+@requires_user
+@validate_response(InboxStateResponse, 200)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+async def mark_opened(user: AuthUser, call_id: str) -> object:
+    """Mark the call opened by the user (new becomes open; otherwise nothing changes)."""
+    return await _mark(user, call_id, Mark.OPENED)
+
+
+@blueprint.post("/<call_id>/handled")
+@requires_user
+@validate_response(InboxStateResponse, 200)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+async def mark_handled(user: AuthUser, call_id: str) -> object:
+    """Mark the call handled by the user (it also counts as opened); doing it again is no-op."""
+    return await _mark(user, call_id, Mark.HANDLED)
+
+
+@blueprint.delete("/<call_id>/handled")
+@requires_user
+@validate_response(InboxStateResponse, 200)
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+async def unmark_handled(user: AuthUser, call_id: str) -> object:
+    """Undo handled: the call is open again for the user (a new call becomes open)."""
+    return await _mark(user, call_id, Mark.UNHANDLED)

@@ -580,6 +580,210 @@ class Transcript {
   }
 }
 
+// -- unread and handled: the user's own state of each call, counts, filter -----------------
+
+const INBOX_CHANNEL = "voicedashd-inbox";     // other tabs of this browser learn of a change
+const INBOX_REFRESH_MS = 250;                 // lobby bursts: one counts request
+const INBOX_EMPTY = {
+  "": "No calls yet.", new: "No new calls.", open: "No open calls.", handled: "No handled calls.",
+};
+
+/** Per-user call states (new, open, handled) from the API; counts, the history filter, and
+ * the Mark handled / Reopen buttons of the open call. Other tabs of the same user learn of a
+ * change from a BroadcastChannel message; other browsers when the page gets the focus. */
+class Inbox {
+  constructor(session, hooks) {
+    this.session = session;
+    this.hooks = hooks;             // onChange(): re-render lists and title; onStale(): reload
+    this.states = new Map();        // call id -> "new" | "open" | "handled"
+    this.counts = { new: 0, open: 0, handled: 0 };
+    this.filter = "";               // "" (all), "new", "open" or "handled"
+    this.shown = null;              // the id of the call in the call view
+    this.loads = 0;
+    this.timer = null;
+    this.channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(INBOX_CHANNEL) : null;
+    this.channel?.addEventListener("message", (event) => this.#fromOtherTab(event.data));
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") this.#recheck();
+    });
+    window.addEventListener("focus", () => this.#recheck());
+    $("inbox-filter").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-filter]");
+      if (button) this.#setFilter(button.dataset.filter);
+    });
+    $("call-handled").addEventListener("click", () => this.#mark(this.shown, "handled", "POST"));
+    $("call-reopen").addEventListener("click", () => this.#mark(this.shown, "handled", "DELETE"));
+  }
+
+  /** Calls not opened yet: the server's count, or more if the lobby has told of newer ones. */
+  get unread() {
+    let known = 0;
+    for (const state of this.states.values()) if (state === "new") known += 1;
+    return Math.max(this.counts.new, known);
+  }
+
+  stateOf(id) {
+    return this.states.get(id) ?? "new";
+  }
+
+  /** The list badge of a call not opened yet, or of one marked handled. */
+  badge(id) {
+    const state = this.stateOf(id);
+    return state === "new" ? el("span", { class: "badge new", text: "New" })
+      : state === "handled" ? el("span", { class: "badge handled", text: "Handled" }) : null;
+  }
+
+  start() {
+    this.#setFilter("", false);
+    this.refresh();
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    this.loads += 1;
+    this.states.clear();
+    this.counts = { new: 0, open: 0, handled: 0 };
+    this.shown = null;
+    this.#renderCounts();
+  }
+
+  /** Take the inbox field of calls from the API. */
+  learn(items) {
+    let changed = false;
+    for (const item of items) {
+      if (item.inbox && this.states.get(item.call_id) !== item.inbox) {
+        this.states.set(item.call_id, item.inbox);
+        changed = true;
+      }
+    }
+    if (changed) this.#renderCounts();
+  }
+
+  /** A call_started from the lobby: a call never seen is new. */
+  arrived(id) {
+    if (!this.states.has(id)) {
+      this.states.set(id, "new");
+      this.counts.new += 1;
+      this.#renderCounts();
+    }
+    this.#refreshSoon();
+  }
+
+  /** The call view shows id (null: closed); opening a new call marks it opened. */
+  show(id) {
+    this.shown = id;
+    $("inbox-actions").hidden = id === null;
+    $("inbox-status").textContent = "";
+    if (id === null) return;
+    this.#renderActions();
+    if (this.stateOf(id) === "new") this.#mark(id, "opened", "POST");
+  }
+
+  /** Fetch the counts; an answer older than a later change is dropped. */
+  async refresh() {
+    const load = ++this.loads;
+    let counts;
+    try {
+      const answer = await this.session.fetch("/api/calls/counts");
+      if (!answer.ok) return;
+      counts = await answer.json();
+    } catch {
+      return;       // no network or the session ended: the next event or focus asks again
+    }
+    if (load !== this.loads || !this.session.active) return;
+    const changed = ["new", "open", "handled"].some((key) => counts[key] !== this.counts[key]);
+    this.counts = counts;
+    this.#renderCounts();
+    return changed;
+  }
+
+  #refreshSoon() {
+    this.loads += 1;      // what is in flight predates this change
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.refresh(), INBOX_REFRESH_MS);
+  }
+
+  async #recheck() {
+    if (!this.session.active) return;
+    if (await this.refresh()) this.hooks.onStale();
+  }
+
+  async #mark(id, what, method) {
+    if (id === null) return;
+    const before = this.stateOf(id);
+    const guess = what === "opened" ? (before === "new" ? "open" : before)
+      : method === "POST" ? "handled" : "open";
+    this.#apply(id, guess);
+    let body;
+    try {
+      const answer = await this.session.fetch(`/api/calls/${encodeURIComponent(id)}/${what}`,
+        { method });
+      if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+      body = await answer.json();
+    } catch (error) {
+      this.#apply(id, before);
+      if (!(error instanceof SessionEnded) && this.shown === id) {
+        $("inbox-status").textContent = "The change could not be saved. Try again.";
+      }
+      return;
+    }
+    this.#apply(body.call_id, body.inbox);
+    if (this.shown === id && what === "handled") {
+      $("inbox-status").textContent = body.inbox === "handled" ? "Marked handled." : "Reopened.";
+    }
+    this.channel?.postMessage({ user: this.#who(), call_id: body.call_id, inbox: body.inbox });
+    this.#refreshSoon();
+  }
+
+  /** Set a call's state here, moving it between the counts until the server's come. */
+  #apply(id, state) {
+    const before = this.stateOf(id);
+    this.states.set(id, state);
+    if (before !== state) {
+      this.counts[before] = Math.max(0, this.counts[before] - 1);
+      this.counts[state] += 1;
+    }
+    this.#renderCounts();
+    if (this.shown === id) this.#renderActions();
+  }
+
+  #fromOtherTab(message) {
+    if (!this.session.active || message?.user !== this.#who()) return;
+    this.#apply(message.call_id, message.inbox);
+    this.#refreshSoon();
+  }
+
+  #who() {
+    const user = this.session.user;
+    return user ? `${user.tenant}/${user.extension}` : null;
+  }
+
+  #setFilter(filter, reload = true) {
+    this.filter = filter;
+    for (const button of $("inbox-filter").querySelectorAll("button[data-filter]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.filter === filter));
+    }
+    $("history-empty").textContent = INBOX_EMPTY[filter];
+    if (reload) this.hooks.onFilter();
+  }
+
+  #renderCounts() {
+    $("inbox-new").textContent = String(this.unread);
+    $("inbox-open").textContent = String(this.counts.open);
+    this.hooks.onChange();
+  }
+
+  #renderActions() {
+    const handled = this.stateOf(this.shown) === "handled";
+    const hiding = $(handled ? "call-handled" : "call-reopen");
+    const had = document.activeElement === hiding;
+    hiding.hidden = true;
+    $(handled ? "call-reopen" : "call-handled").hidden = false;
+    // The pressed button gives way to the other: the focus follows rather than drop to body.
+    if (had) $(handled ? "call-reopen" : "call-handled").focus();
+  }
+}
+
 // -- the page -------------------------------------------------------------------------------
 
 class Dashboard {
@@ -608,6 +812,11 @@ class Dashboard {
     this.historyTimer = null;
     this.ticker = null;
     this.countdown = null;
+    this.inbox = new Inbox(this.session, {
+      onChange: () => { this.#renderActive(); this.#renderHistory(); },
+      onFilter: () => this.#loadHistory(false),
+      onStale: () => { this.#loadActive(); this.#loadHistory(false); },
+    });
 
     $("login-form").addEventListener("submit", (event) => this.#login(event));
     $("logout").addEventListener("click", () => this.#logout());
@@ -704,6 +913,7 @@ class Dashboard {
     $("app-view").hidden = false;
     this.#hubStatus("connecting");
     this.hub.start();
+    this.inbox.start();
     this.#loadActive();
     this.#loadHistory(false);
     this.ticker = setInterval(() => this.#tick(), 1000);
@@ -726,6 +936,7 @@ class Dashboard {
     this.ended.clear();
     this.history = [];
     this.view = null;
+    this.inbox.stop();
     this.transcript.reset();
     $("active-list").replaceChildren();
     $("history-list").replaceChildren();
@@ -734,7 +945,7 @@ class Dashboard {
     $("app-view").hidden = true;
     $("session-bar").hidden = true;
     $("login-view").hidden = false;
-    document.title = "Calls — voicedashd";
+    this.#title();
     this.#clearLoginMessages();
     $("login-message").textContent = message;
     $("login-message").hidden = false;
@@ -765,6 +976,7 @@ class Dashboard {
       return;       // no network (the hub's reconnect reloads), or the session ended
     }
     if (load !== this.activeLoads || !this.session.active) return;
+    this.inbox.learn(calls);
     const fresh = new Map();
     for (const item of calls) {
       if (!this.ended.has(item.call_id)) fresh.set(item.call_id, callFrom(item));
@@ -785,6 +997,7 @@ class Dashboard {
       const call = callFrom(event.data, id);
       this.active.set(id, call);
       this.addedAt.set(id, performance.now());
+      this.inbox.arrived(id);
       this.#renderActive();
       if (!known) this.#announce(`New call from ${callerLabel(call)}.`);
     } else if (event.event === "call_ended") {
@@ -819,11 +1032,17 @@ class Dashboard {
     list.replaceChildren(...calls.map((call) => this.#activeItem(call)));
     $("active-empty").hidden = calls.length > 0;
     $("active-count").textContent = calls.length ? `(${calls.length})` : "";
-    document.title = calls.length ? `(${calls.length}) Calls — voicedashd` : "Calls — voicedashd";
+    this.#title();
     if (focused) {
       const again = list.querySelector(`li[data-call-id="${CSS.escape(focused)}"] button`);
       (again || $("active-title")).focus();
     }
+  }
+
+  /** The tab's title carries the unread count, so a background tab shows it. */
+  #title() {
+    const unread = this.inbox.unread;
+    document.title = unread ? `(${unread}) Calls — voicedashd` : "Calls — voicedashd";
   }
 
   #activeItem(call) {
@@ -833,9 +1052,11 @@ class Dashboard {
     });
     const badges = el("span", { class: "badges" },
       call.state !== "confirmed" ? el("span", { class: "badge ringing", text: call.state }) : null,
-      call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null);
+      call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null,
+      this.inbox.badge(call.id));
     const button = el("button", {
       type: "button", class: "call-item", "data-call-id": call.id,
+      "data-inbox": this.inbox.stateOf(call.id),
       "aria-current": this.view?.id === call.id ? "true" : null,
     },
     el("span", { class: "caller" }, callerLabel(call),
@@ -858,6 +1079,8 @@ class Dashboard {
   async #loadHistory(more) {
     const params = new URLSearchParams({ limit: String(HISTORY_PAGE) });
     if (more && this.nextBefore) params.set("before", this.nextBefore);
+    const filter = this.inbox.filter;
+    if (filter) params.set("state", filter);
     let page;
     try {
       const answer = await this.session.fetch(`/api/calls?${params}`);
@@ -871,7 +1094,8 @@ class Dashboard {
       }
       return;
     }
-    if (!this.session.active) return;
+    if (!this.session.active || filter !== this.inbox.filter) return;
+    this.inbox.learn(page.calls);
     $("history-error").hidden = true;
     const calls = page.calls.map((item) => callFrom(item));
     this.history = more ? [...this.history, ...calls] : calls;
@@ -893,13 +1117,15 @@ class Dashboard {
       : `${call.duration !== null ? clock(call.duration * 1000) : "—"} · ended: ${endReason(call.endReason)}`;
     const button = el("button", {
       type: "button", class: "call-item", "data-call-id": call.id,
+      "data-inbox": this.inbox.stateOf(call.id),
       "aria-current": this.view?.id === call.id ? "true" : null,
     },
     el("span", { class: "caller" }, callerLabel(call),
       call.name ? el("span", { class: "number", text: ` ${call.number}` }) : null),
     el("span", { class: "when" }, el("time", { datetime: call.startedAt, text: dateAndTime(call.startedAt) })),
     el("span", { class: "detail", text: `To ${call.extension} · ${outcome}` }),
-    el("span", { class: "badges" }, call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null),
+    el("span", { class: "badges" }, call.ai ? el("span", { class: "badge ai", text: "AI-handled" }) : null,
+      this.inbox.badge(call.id)),
     call.summary ? el("span", { class: "reason", text: call.summary.reason }) : null);
     return el("li", { "data-call-id": call.id }, button);
   }
@@ -921,6 +1147,7 @@ class Dashboard {
     this.transcript.reset();
     this.#renderCallHeader();
     this.#markCurrent();
+    this.inbox.show(id);
     $("call-view").hidden = false;
     $("app-view").classList.add("call-open");
     $("call-title").focus();
@@ -967,6 +1194,7 @@ class Dashboard {
     this.view = null;
     this.transcript.reset();
     this.#takeState("hidden");
+    this.inbox.show(null);
     $("call-view").hidden = true;
     $("app-view").classList.remove("call-open");
     this.#markCurrent();
