@@ -160,6 +160,7 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
         "end_reason": None,
         "duration": None,
         "summary": None,
+        "recording": None,
     }
     assert live["started_at"].endswith("Z") and live["answered_at"].endswith("Z")
     assert _time(live["answered_at"]) == _time(started["alice"]["started_at"])
