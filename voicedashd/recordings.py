@@ -22,6 +22,9 @@ SWEEP_INTERVAL = 3600.0  # seconds between passes; a pass that hit its limit com
 BUSY_INTERVAL = 60.0
 MAX_PER_PASS = 200  # recordings deleted per pass: one pass never holds the store for long
 ORPHANED_TENANT_DAYS = 30  # a tenant removed from the config: its recordings are kept this long
+# A partial file (a process killed mid-call) this old belongs to no call still running.
+STALE_PARTIAL = timedelta(days=1)
+PARTIAL_GLOB = "*/*.wav.part"
 
 
 class RecordingMissing(Exception):
@@ -98,9 +101,24 @@ def _delete(base: Path, name: str) -> None:
         recording_path(base, name).unlink()
 
 
+def remove_stale_partials(base: Path, now: datetime, *, limit: int = MAX_PER_PASS) -> int:
+    """Remove partial recordings (a killed process's) older than STALE_PARTIAL; how many."""
+    removed = 0
+    cutoff = (now - STALE_PARTIAL).timestamp()
+    for path in base.glob(PARTIAL_GLOB) if base.is_dir() else ():
+        if removed >= limit:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 async def sweep(store: Store, config: Config, now: datetime, *,
                 limit: int = MAX_PER_PASS) -> int:
-    """Delete the recordings past their tenant's retention_days and clear their rows; how many."""
+    """Delete the recordings past their tenant's retention_days and clear their rows, and
+    stale partial files; how many recordings."""
     retention = _retention(config)
     candidates = await store.run(lambda conn: _candidates(conn, retention, now, limit))
     base = config.recordings_dir
@@ -116,6 +134,13 @@ async def sweep(store: Store, config: Config, now: datetime, *,
         removed += 1
         log.info("call_recording_expired", call_id=recording.call_id, tenant=recording.tenant,
                  ended_at=recording.ended_at.isoformat())
+    try:
+        partials = await trio.to_thread.run_sync(remove_stale_partials, base, now)
+    except OSError as exc:
+        log.warning("call_recording_partials_failed", error=str(exc))
+    else:
+        if partials:
+            log.warning("call_recording_partials_removed", count=partials)
     return removed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import wave
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from voicedashd.recordings import (
     StoredRecording,
     expired,
     recording_path,
+    remove_stale_partials,
     sweep,
 )
 from voicedashd.store import open_store
@@ -313,3 +315,20 @@ def test_bad_recording_settings_name_their_key(tmp_path: Path, tenant: str, key:
     with pytest.raises(ConfigError) as raised:
         _config(tmp_path, tenant)
     assert raised.value.problems[0].startswith(f"{key}: "), raised.value.problems
+
+
+def test_only_stale_partial_files_are_removed(tmp_path: Path) -> None:
+    """A killed process's .part files go after a day; a running call's, and whole files, stay."""
+    day = tmp_path / "2026-12-03"
+    day.mkdir()
+    stale, fresh, whole = day / "a.wav.part", day / "b.wav.part", day / "c.wav"
+    for path in (stale, fresh, whole):
+        path.write_bytes(b"RIFF")
+    old = (NOW - timedelta(days=1, minutes=1)).timestamp()
+    os.utime(stale, (old, old))
+    os.utime(whole, (old, old))
+    recent = (NOW - timedelta(hours=23)).timestamp()
+    os.utime(fresh, (recent, recent))
+    assert remove_stale_partials(tmp_path, NOW) == 1
+    assert not stale.exists() and fresh.exists() and whole.exists()
+    assert remove_stale_partials(tmp_path / "missing", NOW) == 0
