@@ -24,7 +24,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-quic", "--no-first-run", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage")
+                 "--disable-sync", "--disable-dev-shm-usage",
+                 # A test may start a recording's playback from a script, not a click.
+                 "--autoplay-policy=no-user-gesture-required")
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 POLL = 0.1

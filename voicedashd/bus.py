@@ -14,6 +14,7 @@ from .events import (
     CallEvent,
     CallInfo,
     CallPhase,
+    CallRecorded,
     CallStarted,
     CallSummarized,
     CallSummary,
@@ -37,6 +38,7 @@ class _CallStream:
     started: CallStarted | None = None      # kept apart: the bounded history may drop them
     ended: CallEnded | None = None
     summarized: CallSummarized | None = None
+    recorded: CallRecorded | None = None
 
 
 Subscriber = Callable[[CallInfo, CallEvent], None]
@@ -77,7 +79,8 @@ class EventBus:
             ended_at=ended.ts if ended else None,
             end_reason=ended.reason.value if ended else None,
             duration=ended.duration if ended else None,
-            card=stream.summarized.card() if stream.summarized else None)
+            card=stream.summarized.card() if stream.summarized else None,
+            recording=stream.recorded.info() if stream.recorded else None)
 
     def emit(self, event_type: type[E], call_id: str, **fields: Any) -> E:
         """Build the call's next event (seq and timestamp assigned here) and publish it."""
@@ -91,6 +94,8 @@ class EventBus:
             stream.ended = event
         elif isinstance(event, CallSummarized):
             stream.summarized = event
+        elif isinstance(event, CallRecorded):
+            stream.recorded = event
         self.store.submit(event)
         self.metrics.events_published.labels(event.name).inc()
         log.info(event.name, call_id=call_id, seq=event.seq, progress="realtime",

@@ -17,6 +17,7 @@ from .events import (
     CallEnded,
     CallInfo,
     CallPhase,
+    CallRecorded,
     CallStarted,
     Dtmf,
     EndReason,
@@ -26,6 +27,7 @@ from .events import (
     utc_now,
 )
 from .livecfg import LiveConfig
+from .media.callrecord import recording_name
 from .media.dtmf import DtmfDigit
 from .media.ports import PortsExhausted, RtpPortPool, RtpSockets, SocketsUnavailable
 from .media.sender import MediaClock
@@ -452,19 +454,35 @@ class CallManager:
         def on_dtmf(key: DtmfDigit) -> None:
             bus.emit(Dtmf, call_id, digit=key.digit, duration=key.duration)
 
-        async with open_media_session(call.media, lambda: dialog.answer_sdp,
-                                      session_settings(config, call.id), call_id=call.id,
-                                      clock=self.media_clock, clock_nursery=self._nursery,
-                                      on_dtmf=on_dtmf, may_send_to=self._may_send_media_to,
-                                      metrics=self.metrics) as session:
-            if self.voicebot is None:
-                await discard_inbound(session)
-            else:  # returns only if the bot hung up; raises if it failed
-                await self.voicebot.run(call.info, session, self.bus, call.prompts_out)
-                call.end_reason = call.end_reason or EndReason.BOT_HANGUP
+        record_as = self._recording_name(call)
+        record_to = None if record_as is None else self.live.current.recordings_dir / record_as
+        session = open_media_session(
+            call.media, lambda: dialog.answer_sdp,
+            session_settings(config, call.id, call_record_to=record_to), call_id=call.id,
+            clock=self.media_clock, clock_nursery=self._nursery, on_dtmf=on_dtmf,
+            may_send_to=self._may_send_media_to, metrics=self.metrics)
+        try:
+            async with session:
+                if self.voicebot is None:
+                    await discard_inbound(session)
+                else:  # returns only if the bot hung up; raises if it failed
+                    await self.voicebot.run(call.info, session, self.bus, call.prompts_out)
+                    call.end_reason = call.end_reason or EndReason.BOT_HANGUP
+        finally:  # the session has completed the file, however the call ended
+            saved = session.call_recording
+            if record_as is not None and saved is not None:
+                self.bus.emit(CallRecorded, call.id, file=record_as, duration=saved.seconds,
+                              bytes=saved.bytes)
         if session.timed_out:
             call.end_reason = EndReason.MEDIA_TIMEOUT
             log.warning("call_media_timeout", call_id=call.id, timeout=config.timeout)
+
+    def _recording_name(self, call: Call) -> str | None:
+        """Where the call's recording goes under [recordings] dir, if its tenant records."""
+        tenant = self.live.current.tenant_named(call.info.tenant)
+        if tenant is None or not tenant.record:
+            return None
+        return recording_name(call.id, call.started_at or utc_now())
 
     def _may_send_media_to(self, host: str) -> bool:
         """Whether RTP may go to host before its packets arrive (strict RTP): the live

@@ -19,6 +19,7 @@ from .events import (
     CallPhase,
     CallSummary,
     MessageCard,
+    RecordingInfo,
     Speaker,
     SttTranscript,
     TtsStarted,
@@ -104,7 +105,15 @@ def _summary(row: dict[str, Any]) -> CallSummary:
              else CallPhase.RINGING)
     return CallSummary(info=info, phase=phase, answered_at=answered_at, ended_at=ended_at,
                        end_reason=row["end_reason"], duration=row["duration"],
-                       card=_card(row.get("summary")))
+                       card=_card(row.get("summary")), recording=_recording(row))
+
+
+def _recording(row: dict[str, Any]) -> RecordingInfo | None:
+    """A stored call's recording (only a completed one is ever stored)."""
+    if not row.get("recording"):
+        return None
+    return RecordingInfo(duration=row["recording_duration"] or 0.0,
+                         bytes=row["recording_bytes"] or 0)
 
 
 def _card(stored: str | None) -> MessageCard | None:
@@ -210,6 +219,13 @@ async def read_transcript(store: Store, bus: EventBus, call_id: str) -> list[Tra
     """Return a live or finished call's transcript in seq order; ValueError as events_since."""
     entries = (transcript_entry(e) for e in await events_since(store, bus, call_id))
     return [entry for entry in entries if entry is not None]
+
+
+async def recording_file(store: Store, call_id: str) -> str | None:
+    """The file (relative to [recordings] dir) of an ended call's completed recording."""
+    rows = await store.call_rows("SELECT recording FROM calls WHERE call_id = ?"
+                                 " AND ended_at IS NOT NULL", (call_id,))
+    return rows[0]["recording"] if rows else None
 
 
 def summary_from_row(row: Mapping[str, Any]) -> CallSummary:

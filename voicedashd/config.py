@@ -340,6 +340,12 @@ class StoreConfig(_Section):
     path: Path
 
 
+class RecordingsConfig(_Section):
+    """[recordings]: where the WAV files of recording tenants' calls are kept."""
+
+    dir: Path | None = None  # resolved: store.path's folder / "recordings"
+
+
 class AuthConfig(_Section):
     """[auth]: token signing and lifetimes."""
 
@@ -424,6 +430,7 @@ class WebhookConfig(_Section):
 
 
 TransferTarget = Annotated[str, AfterValidator(check_transfer_target)]
+DEFAULT_RECORD_NOTICE = "This call is recorded."
 
 
 class TenantConfig(_Section):
@@ -433,6 +440,17 @@ class TenantConfig(_Section):
     domains: tuple[str, ...] = ()
     default: bool = False
     transfer_target: TransferTarget = DEFAULT_TRANSFER_TARGET
+    # Recordings (media/callrecord.py): opt-in; the notice is said before the greeting.
+    record: bool = False
+    record_notice: str = Field(default=DEFAULT_RECORD_NOTICE, min_length=1)
+    retention_days: int = Field(default=30, ge=1, le=36500)
+
+    @field_validator("record_notice")
+    @classmethod
+    def _record_notice(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say something (the caller hears it before the greeting)")
+        return check_template(value)
 
 
 class UserConfig(_Section):
@@ -620,6 +638,7 @@ class _FileModel(_Section):
     api: ApiConfig
     hub: HubConfig
     store: StoreConfig
+    recordings: RecordingsConfig = RecordingsConfig()
     auth: AuthConfig = AuthConfig()
     daemon: DaemonConfig = DaemonConfig()
     log: LogConfig = LogConfig()
@@ -681,6 +700,7 @@ class Config:
     jwt_secret: bytes
     voicebot: VoicebotConfig = field(default_factory=VoicebotConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
 
     def __repr__(self) -> str:
         return f"Config(path={str(self.path)!r})"
@@ -705,6 +725,11 @@ class Config:
         if trunk is not None and trunk.tenant is not None:
             return next(t for t in self.tenants if t.name == trunk.tenant)
         return self.tenant_for_domain(domain)
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where call recordings live: [recordings] dir, else beside the database."""
+        return self.recordings.dir or self.store.path.parent / "recordings"
 
     def tenant_named(self, name: str) -> TenantConfig | None:
         """The tenant of this name, if configured."""
@@ -808,7 +833,10 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError([_describe(e) for e in exc.errors()]) from None
     base = path.parent
-    store = model.store.model_copy(update={"path": _resolve(base, model.store.path)})
+    store_path = _resolve(base, model.store.path) or base
+    store = model.store.model_copy(update={"path": store_path})
+    recordings = model.recordings.model_copy(update={"dir": _resolve(
+        base, model.recordings.dir) or store_path.parent / "recordings"})
     auth = model.auth.model_copy(
         update={"jwt_secret_file": _resolve(base, model.auth.jwt_secret_file)}
     )
@@ -836,6 +864,7 @@ def parse_config(
         jwt_secret=_load_secret(auth, environ),
         voicebot=voicebot,
         webhooks=_load_webhooks(base, model.webhooks),
+        recordings=recordings,
     )
 
 
@@ -914,6 +943,8 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "hub.send_buffer": _RESTART,
     "hub.public_url": _LIVE,
     "store.path": _RESTART,
+    # Stored recordings are named relative to it: moving it is a restart (and a move of files).
+    "recordings.dir": _RESTART,
     "auth.jwt_secret_file": _RESTART,
     "auth.issuer": _LIVE,
     "auth.audience": _LIVE,
@@ -927,6 +958,9 @@ RELOAD: Mapping[str, Reload] = MappingProxyType({
     "tenants.domains": _LIVE,
     "tenants.default": _LIVE,
     "tenants.transfer_target": _LIVE,
+    "tenants.record": _LIVE,
+    "tenants.record_notice": _LIVE,
+    "tenants.retention_days": _LIVE,
     "users.extension": _LIVE,
     "users.tenant": _LIVE,
     "users.role": _LIVE,

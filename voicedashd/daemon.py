@@ -28,6 +28,7 @@ from .livecfg import LiveConfig
 from .logs import configure_logging
 from .metrics import Metrics
 from .readiness import CHECKS, Readiness
+from .recordings import serve_retention
 from .sdnotify import Notifier, run_watchdog, watchdog_interval
 from .sip.endpoint import SipClient
 from .sip.serve import serve_sip
@@ -105,6 +106,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
             http_shutdown = trio.Event()
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run_writer)
+                await nursery.start(serve_retention, store, lambda: live.current)
                 await nursery.start(serve_webhooks, store, outbox, lambda: live.current.webhooks,
                                     metrics)
                 bus = EventBus(store, metrics)

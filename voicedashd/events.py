@@ -131,6 +131,19 @@ class MessageCard:
                    source=str(data.get("source") or "rules"))
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingInfo:
+    """A call's completed recording as clients see it: where to fetch it, length, size."""
+
+    duration: float
+    bytes: int
+
+    def wire(self, call_id: str) -> dict[str, Any]:
+        """The `recording` of a call's wire form."""
+        return {"url": f"/api/calls/{call_id}/recording", "duration": self.duration,
+                "bytes": self.bytes}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallSummary:
     """One call as every client sees it (REST lists, the hub's subscribe reply)."""
@@ -142,6 +155,7 @@ class CallSummary:
     end_reason: str | None = None
     duration: float | None = None
     card: MessageCard | None = None
+    recording: RecordingInfo | None = None
 
     def wire(self) -> dict[str, Any]:
         """Return the summary's wire form: the only place it is built."""
@@ -167,6 +181,8 @@ class CallSummary:
             "duration": self.duration,
             # The message card, once the call has ended and been summarised (else null).
             "summary": self.card.wire() if self.card else None,
+            # The call's recording, once complete (recording tenants only; else null).
+            "recording": self.recording.wire(info.call_id) if self.recording else None,
         }
 
 
@@ -317,6 +333,20 @@ class TransferFailed(CallEvent):
     name: ClassVar[str] = "transfer_failed"
     reason: str
     status: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRecorded(CallEvent):
+    """A recording tenant's call was kept: a stereo WAV (caller left, bot right), complete."""
+
+    name: ClassVar[str] = "call_recording"
+    file: str  # relative to [recordings] dir; the API never takes a path from a request
+    duration: float  # seconds
+    bytes: int
+
+    def info(self) -> RecordingInfo:
+        """The recording as a call's summary shows it."""
+        return RecordingInfo(duration=self.duration, bytes=self.bytes)
 
 
 def event_types() -> dict[str, type[CallEvent]]:

@@ -14,7 +14,15 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
-from .events import CallEnded, CallEvent, CallInfo, CallStarted, CallSummarized, EndReason
+from .events import (
+    CallEnded,
+    CallEvent,
+    CallInfo,
+    CallRecorded,
+    CallStarted,
+    CallSummarized,
+    EndReason,
+)
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -98,6 +106,14 @@ MIGRATIONS: tuple[str, ...] = (
         handled_at TEXT,
         PRIMARY KEY (tenant, extension, call_id)
     ) WITHOUT ROWID;
+    """,
+    # A recording tenant's call recording (CallRecorded): its file relative to [recordings]
+    # dir, length and size; the retention sweep finds the oldest ended recorded calls first.
+    """
+    ALTER TABLE calls ADD COLUMN recording TEXT;
+    ALTER TABLE calls ADD COLUMN recording_duration REAL;
+    ALTER TABLE calls ADD COLUMN recording_bytes INTEGER;
+    CREATE INDEX calls_recorded ON calls (ended_at) WHERE recording IS NOT NULL;
     """,
 )
 
@@ -293,6 +309,10 @@ def _write_events(conn: sqlite3.Connection, batch: list[CallInfo | CallEvent],
             elif isinstance(event, CallSummarized):
                 conn.execute("UPDATE calls SET summary = ? WHERE call_id = ?",
                              (json.dumps(event.card().wire()), event.call_id))
+            elif isinstance(event, CallRecorded):
+                conn.execute("UPDATE calls SET recording = ?, recording_duration = ?,"
+                             " recording_bytes = ? WHERE call_id = ?",
+                             (event.file, event.duration, event.bytes, event.call_id))
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO events (call_id, seq, name, ts, data) VALUES (?,?,?,?,?)",
                 (event.call_id, event.seq, event.name, event.ts.isoformat(),

@@ -161,6 +161,7 @@ async def _check_live(daemon: RunningDaemon, s: dict[str, Session], ids: dict[st
         "duration": None,
         "summary": None,
         "inbox": "new",
+        "recording": None,
     }
     assert live["started_at"].endswith("Z") and live["answered_at"].endswith("Z")
     assert _time(live["answered_at"]) == _time(started["alice"]["started_at"])

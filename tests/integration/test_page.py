@@ -302,7 +302,8 @@ async def test_login_errors_are_clear(tmp_path: Path) -> None:
             hub = f"ws://127.0.0.1:{config.hub_port}"
             assert index.headers["content-security-policy"] == (
                 "default-src 'self'; script-src 'self'; style-src 'self'; "
-                f"connect-src 'self' {hub}; img-src 'self' data:; object-src 'none'; "
+                f"connect-src 'self' {hub}; img-src 'self' data:; media-src 'self' blob:; "
+                "object-src 'none'; "
                 "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
             assert f'<meta name="voicedash-hub" content="{hub}/ws">' in index.text
             assert "<script>" not in index.text and "style=" not in index.text

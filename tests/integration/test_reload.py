@@ -153,12 +153,14 @@ def _shown(key: str, value: Any, base: Path) -> Any:
     """A restart key's TOML value as the daemon logs it (paths resolved, ranges as pairs)."""
     if key in _PATHS and value is not None:
         return str(base / value)
+    if key == "recordings.dir" and value is None:  # beside the database
+        return str(base / "recordings")
     if key == "media.rtp_ports":
         return [int(port) for port in value.split("-")]
     return value
 
 
-_PATHS = ("store.path", "auth.jwt_secret_file", "api.tls_cert", "api.tls_key")
+_PATHS = ("store.path", "auth.jwt_secret_file", "api.tls_cert", "api.tls_key", "recordings.dir")
 
 
 async def test_a_new_media_timeout_ends_the_next_silent_call(tmp_path: Path) -> None:

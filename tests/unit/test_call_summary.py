@@ -17,9 +17,11 @@ from voicedashd.events import (
     CallEnded,
     CallInfo,
     CallPhase,
+    CallRecorded,
     CallStarted,
     CallSummary,
     EndReason,
+    RecordingInfo,
     SttTranscript,
     call_started_fields,
 )
@@ -35,7 +37,7 @@ INFO = CallInfo(call_id="c1", tenant="acme", caller="555", caller_name="Ann", ca
 # REST tests, and docs/protocol.md's subscribe reply.
 WIRE_KEYS = {"call_id", "tenant", "caller", "caller_name", "callee", "callee_extension",
              "is_ai_handled", "started_at", "created_at", "state", "answered", "answered_at",
-             "ended_at", "end_reason", "duration", "summary"}
+             "ended_at", "end_reason", "duration", "summary", "recording"}
 
 
 @pytest.fixture
@@ -52,7 +54,8 @@ def test_wire_form_of_a_ringing_call() -> None:
         "callee": "1001", "callee_extension": "1001", "is_ai_handled": True,
         "started_at": "2025-01-02T03:04:05+00:00", "created_at": "2025-01-02T03:04:05+00:00",
         "state": "ringing", "answered": False, "answered_at": None,
-        "ended_at": None, "end_reason": None, "duration": None, "summary": None}
+        "ended_at": None, "end_reason": None, "duration": None, "summary": None,
+        "recording": None}
 
 
 def test_wire_form_passes_the_rest_schema_unchanged() -> None:
@@ -122,6 +125,28 @@ async def test_the_store_summarises_a_call_as_the_bus_did(store: Store) -> None:
             assert await callstore.find_call(store, fresh, "c1") == stored
             assert await callstore.find_call(store, bus, "c2") == bus.summary("c2")
             assert await callstore.find_call(store, fresh, "nope") is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_recording_is_part_of_the_call_in_memory_and_in_the_store(store: Store) -> None:
+    bus = EventBus(store, Metrics())
+    bus.register(INFO)
+    bus.emit(CallStarted, "c1", **call_started_fields(INFO, ANSWERED))
+    bus.emit(CallRecorded, "c1", file="2025-01-02/c1.wav", duration=2.98, bytes=190_444)
+    bus.emit(CallEnded, "c1", reason=EndReason.CALLER_HANGUP, duration=3.0)
+    in_memory = bus.summary("c1")
+    assert in_memory is not None
+    assert in_memory.recording == RecordingInfo(duration=2.98, bytes=190_444)
+    assert in_memory.wire()["recording"] == {"url": "/api/calls/c1/recording",
+                                             "duration": 2.98, "bytes": 190_444}
+    body = CallSummaryModel.model_validate(in_memory.wire()).model_dump(mode="json")
+    assert body["recording"] == in_memory.wire()["recording"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run_writer)
+        with trio.fail_after(5):
+            await store.flush()
+            assert await callstore.get_call(store, "c1") == in_memory
+            assert await callstore.recording_file(store, "c1") == "2025-01-02/c1.wav"
         nursery.cancel_scope.cancel()
 
 

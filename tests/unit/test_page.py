@@ -53,6 +53,7 @@ def test_the_csp_allows_only_the_page_itself_and_the_hub() -> None:
     assert directives["default-src"] == directives["script-src"] == "'self'"
     assert directives["style-src"] == "'self'"
     assert directives["frame-ancestors"] == "'none'"
+    assert directives["media-src"] == "'self' blob:"  # recordings, played from a fetched Blob
     assert "unsafe" not in csp
 
 

@@ -400,3 +400,24 @@ async def test_get_call_returns_the_card_to_its_owner_only(tmp_path: Path,
     assert other.status_code == missing.status_code == 404
     assert await other.get_json() == await missing.get_json()
     assert (await client.get("/api/calls/c1")).status_code == 401
+
+
+async def test_a_recorded_calls_notice_is_scripted_not_an_answer(tmp_path: Path,
+                                                                 store: Store) -> None:
+    """The bot said only the notice, the greeting and the fallback: it took a message."""
+    live = LiveConfig(parse_config(
+        BASE.replace('name = "acme"', 'name = "acme"\nrecord = true\n'
+                     'record_notice = "Calls to {extension} are recorded."'),
+        path=tmp_path / "voicedashd.toml", environ=ENV))
+    bus = EventBus(store, Metrics())
+    summarizer = Summarizer(live, bus, store, {})
+    play_call(bus, info("c1"), [("bot", "Calls to 1001 are recorded."),
+                                ("caller", "Do you sell bicycles?"),
+                                ("bot", "Sorry, I don't know the answer to that.")])
+    card = await summarizer.card("c1")
+    assert card is not None and card.handled_by is HandledBy.MESSAGE_TAKEN
+    # Without the notice in the wording, the same line would count as an answer.
+    play_call(bus, info("c2"), [("bot", "Calls to 1001 are taped."),
+                                ("caller", "Do you sell bicycles?")])
+    other = await summarizer.card("c2")
+    assert other is not None and other.handled_by is HandledBy.ANSWERED_FROM_KNOWLEDGE

@@ -138,3 +138,41 @@ async def test_a_prompt_is_said_with_its_mark_behind_it() -> None:
     assert texts.count("That did not work.") == 1
     assert texts[texts.index("That did not work.") + 1] == "mark"
     assert "Putting you through." not in texts
+
+
+async def _barge_in_after_greeting(wording: Wording) -> list[Frame]:
+    """The bot is speaking when the caller's words come at once."""
+    from pipecat.frames.frames import BotStartedSpeakingFrame, InterruptionFrame
+
+    recorder = Recorder()
+    return await run_frames(
+        lambda _: [Responder(knowledge=KnowledgeBase(()), wording=wording,
+                             policy=AnswerPolicy(), conversation=Conversation(recorder),
+                             turns=TurnClock(), observe=recorder.observe)],
+        [BotStartedSpeakingFrame(), InterimTranscriptionFrame("wait a second", "", "t"),
+         final("wait a second please")], (LLMTextFrame, InterruptionFrame))
+
+
+async def test_a_recorded_calls_notice_comes_first_and_the_caller_cannot_cut_it_short() -> None:
+    from pipecat.frames.frames import InterruptionFrame
+
+    from voicedashd.voicebot.transport import PlayedMarkFrame
+
+    noticed = Wording(greeting="Hello.", fallback="Noted.", farewell="Bye.", system_prompt="-",
+                      notice="This call is recorded.")
+    out = await _barge_in_after_greeting(noticed)
+    assert said(out) == ["This call is recorded.", "Hello.", "Noted."]
+    assert not [f for f in out if isinstance(f, InterruptionFrame)]
+    # The same words without a notice interrupt the greeting: it is the notice that holds.
+    plain = await _barge_in_after_greeting(Wording(greeting="Hello.", fallback="Noted.",
+                                                   farewell="Bye.", system_prompt="-"))
+    assert said(plain)[0] == "Hello."
+    assert [f for f in plain if isinstance(f, InterruptionFrame)]
+    # The mark behind the notice is what lets barge-in back in once it has played.
+    marks = await run_frames(
+        lambda _: [Responder(knowledge=KnowledgeBase(()), wording=noticed,
+                             policy=AnswerPolicy(), conversation=Conversation(Recorder()),
+                             turns=TurnClock(), observe=lambda *_: None)],
+        [], (LLMTextFrame, PlayedMarkFrame))
+    kinds = [f.text if isinstance(f, LLMTextFrame) else "mark" for f in marks]
+    assert kinds == ["This call is recorded.", "mark", "Hello."]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
+import trio
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, RootModel, WithJsonSchema
-from quart import Blueprint
+from quart import Blueprint, Response, request
 from quart_schema import (
     document_response,
     tag_blueprint,
@@ -21,9 +25,11 @@ from ..calls import Call, TransferNotPossible
 from ..callstore import HistoryCursor, TranscriptEntry
 from ..events import CallInfo, CallPhase, CallSummary, utc_now
 from ..inbox import InboxState, Mark
+from ..recordings import RecordingMissing, recording_path
 from .auth_routes import ErrorResponse
 from .client import client_fields
 from .deps import deps
+from .ranges import ByteRange, Unsatisfiable, requested_range
 from .security import AuthUser, requires_user
 
 log = structlog.get_logger(__name__)
@@ -71,6 +77,14 @@ class MessageCardModel(BaseModel):
     source: Literal["rules", "llm"]
 
 
+class RecordingModel(BaseModel):
+    """A finished call's recording (stereo WAV: caller left, bot right): where, length, size."""
+
+    url: str
+    duration: float
+    bytes: int
+
+
 class CallSummaryModel(BaseModel):
     """A call, live or past, as `CallSummary.wire()` has it; started_at is when it arrived."""
 
@@ -92,6 +106,7 @@ class CallSummaryModel(BaseModel):
     summary: MessageCardModel | None
     inbox: InboxState = Field(description="the requesting user's own state of the call: new "
                               "until they open it, open until they mark it handled, handled")
+    recording: RecordingModel | None = None
 
 
 class ActiveCalls(RootModel[list[CallSummaryModel]]):
@@ -336,3 +351,78 @@ async def mark_handled(user: AuthUser, call_id: str) -> object:
 async def unmark_handled(user: AuthUser, call_id: str) -> object:
     """Undo handled: the call is open again for the user (a new call becomes open)."""
     return await _mark(user, call_id, Mark.UNHANDLED)
+
+
+# -- recordings (opt-in per tenant) ----------------------------------------------------------
+
+READ_CHUNK = 64 * 1024
+NO_RECORDING = {"error": "not_found", "detail": "no recording for this call"}
+
+
+@blueprint.get("/<call_id>/recording")
+@requires_user
+@document_response(ErrorResponse, 401)
+@document_response(ErrorResponse, 404)
+@document_response(ErrorResponse, 416)
+async def recording(user: AuthUser, call_id: str) -> object:
+    """A finished call's recording as audio/wav (caller left, bot right), with Range requests;
+    404 alike for unknown and other people's calls, live calls and calls not recorded."""
+    visible = await _visible(user, call_id, refused="call_recording_forbidden")
+    if visible is None:
+        return {"error": "not_found", "detail": "no call with this id"}, 404
+    info, ended = visible
+    api = deps()
+    if not ended:
+        return NO_RECORDING, 404
+    await api.store.flush()  # a call that just ended may have its recording in the queue
+    name = await callstore.recording_file(api.store, info.call_id)
+    if name is None:
+        return NO_RECORDING, 404
+    try:
+        path = recording_path(api.live.current.recordings_dir, name)
+        size, mtime = await trio.to_thread.run_sync(_size_and_mtime, path)
+    except (RecordingMissing, OSError) as exc:
+        log.warning("call_recording_missing", call_id=info.call_id, error=str(exc))
+        return NO_RECORDING, 404
+    etag = f'"{size:x}-{mtime:x}"'
+    headers = {"Accept-Ranges": "bytes", "ETag": etag}
+    try:
+        chosen = requested_range(request.headers.get("Range"), size,
+                                 if_range=request.headers.get("If-Range"), etag=etag)
+    except Unsatisfiable as exc:
+        _log_fetch(user, info, status=416)
+        return ({"error": "range_not_satisfiable", "detail": str(exc)}, 416,
+                {**headers, "Content-Range": exc.content_range()})
+    part = chosen or ByteRange(0, size, size)
+    if chosen is not None:
+        headers["Content-Range"] = chosen.content_range()
+    response = Response(_read(path, part), status=206 if chosen else 200,
+                        content_type="audio/wav", headers=headers)
+    response.content_length = part.length
+    _log_fetch(user, info, status=response.status_code, start=part.start, length=part.length)
+    return response
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    if not os.path.isfile(path):
+        raise OSError(f"{path} is not a file")
+    return stat.st_size, stat.st_mtime_ns
+
+
+async def _read(path: Path, part: ByteRange) -> AsyncIterator[bytes]:
+    """The bytes of part, a chunk at a time."""
+    async with await trio.open_file(path, "rb") as file:
+        await file.seek(part.start)
+        left = part.length
+        while left > 0:
+            chunk = await file.read(min(READ_CHUNK, left))
+            if not chunk:  # the file shrank (retention removed it): end early
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def _log_fetch(user: AuthUser, info: CallInfo, **fields: Any) -> None:
+    log.info("call_recording_fetched", call_id=info.call_id, extension=user.extension,
+             tenant=user.tenant, **fields, **client_fields())

@@ -67,10 +67,13 @@ def _request_hostname(value: str | None) -> str | None:
 
 
 def page_csp(hub: str) -> str:
-    """The page's Content-Security-Policy: only its own files, the API and the hub."""
+    """The page's Content-Security-Policy: only its own files, the API, the hub, and
+    recordings played from Blobs."""
     parts = urlsplit(hub)
     return ("default-src 'self'; script-src 'self'; style-src 'self'; "
             f"connect-src 'self' {parts.scheme}://{parts.netloc}; img-src 'self' data:; "
+            # A call's recording plays from a Blob fetched with the token (never in a URL).
+            "media-src 'self' blob:; "
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 

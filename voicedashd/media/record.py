@@ -1,10 +1,13 @@
-"""[media] record_dir: a call's decoded inbound audio written to a WAV file, off the event loop."""
+"""A call's audio written to a 16-bit WAV file off the event loop: [media] record_dir's
+inbound mono debugging file, and a recording tenant's stereo call (media/callrecord.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -14,21 +17,40 @@ from .g711 import Pcm
 
 log = structlog.get_logger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class SavedWav:
+    """A completed recording: where it is, how long it plays, how many bytes."""
+
+    path: Path
+    seconds: float
+    bytes: int
+
 BATCH_SECONDS = 1.0
 MAX_PENDING_BATCHES = 30
 CLOSE_TIMEOUT = 5.0
 
 
 class WavRecorder:
-    """Collects PCM in ~1 s batches that a worker thread appends to a 16-bit mono WAV file."""
+    """Collects PCM in ~1 s batches that a worker thread appends to a 16-bit WAV file.
 
-    def __init__(self, path: Path, rate: int, *, call_id: str) -> None:
+    With channels=2 the samples written are interleaved (left, right). With publish_as the
+    file is written under path and renamed to publish_as once complete, so a file under
+    that name is always whole; `saved` then holds its length and size.
+    """
+
+    def __init__(self, path: Path, rate: int, *, call_id: str, channels: int = 1,
+                 publish_as: Path | None = None) -> None:
         self.path = path
         self.rate = rate
         self.call_id = call_id
+        self.channels = channels
+        self.publish_as = publish_as
         self.dropped_batches = 0
+        self.saved: SavedWav | None = None
+        self._frame_bytes = 2 * channels
         self._batch = bytearray()
-        self._batch_bytes = 2 * math.ceil(rate * BATCH_SECONDS)
+        self._batch_bytes = self._frame_bytes * math.ceil(rate * BATCH_SECONDS)
         self._send, self._receive = trio.open_memory_channel[bytes](MAX_PENDING_BATCHES)
         self._closed = trio.Event()
 
@@ -69,27 +91,31 @@ class WavRecorder:
         try:
             async for batch in self._receive:
                 await trio.to_thread.run_sync(wav.writeframesraw, batch)
-                frames += len(batch) // 2
+                frames += len(batch) // self._frame_bytes
         except OSError:
             failed = True
             raise
         finally:  # the file is completed even if the call is cancelled
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 if failed:  # the call goes on: do not wait for its end to let the file go
-                    await trio.to_thread.run_sync(_abandon, wav)
+                    await trio.to_thread.run_sync(
+                        _abandon, wav, self.path if self.publish_as is not None else None)
                 else:
                     await self._closed.wait()  # the session hands over its last partial batch
                     rest = b"".join(_drain(self._receive))
-                    frames += len(rest) // 2
-                    await trio.to_thread.run_sync(_finish, wav, rest)
+                    frames += len(rest) // self._frame_bytes
+                    size = await trio.to_thread.run_sync(_finish, wav, rest, self.path,
+                                                         self.publish_as)
+                    self.saved = SavedWav(self.publish_as or self.path,
+                                          round(frames / self.rate, 3), size)
                     log.info("media_recording_saved", call_id=self.call_id,
-                             path=str(self.path), seconds=round(frames / self.rate, 3),
-                             dropped_batches=self.dropped_batches)
+                             path=str(self.saved.path), seconds=self.saved.seconds,
+                             channels=self.channels, dropped_batches=self.dropped_batches)
 
     def _open(self) -> wave.Wave_write:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         wav = wave.open(str(self.path), "wb")  # noqa: SIM115 - closed by _finish
-        wav.setnchannels(1)
+        wav.setnchannels(self.channels)
         wav.setsampwidth(2)
         wav.setframerate(self.rate)
         return wav
@@ -104,16 +130,25 @@ def _drain(channel: trio.MemoryReceiveChannel[bytes]) -> list[bytes]:
             return out
 
 
-def _finish(wav: wave.Wave_write, rest: bytes) -> None:
+def _finish(wav: wave.Wave_write, rest: bytes, path: Path, publish_as: Path | None) -> int:
+    """Write the rest, complete the header, give the file its name; its size in bytes."""
     try:
         if rest:
             wav.writeframesraw(rest)
     finally:
         wav.close()
+    if publish_as is not None:
+        os.replace(path, publish_as)
+        path = publish_as
+    return path.stat().st_size
 
 
-def _abandon(wav: wave.Wave_write) -> None:
+def _abandon(wav: wave.Wave_write, partial: Path | None) -> None:
     """Close a file whose writing failed; closing fails the same way (the header, the buffer),
-    and that error is the one already being reported."""
+    and that error is the one already being reported. A partial file never to be published
+    is removed (if the disk lets us)."""
     with contextlib.suppress(OSError):
         wav.close()
+    if partial is not None:
+        with contextlib.suppress(OSError):
+            partial.unlink()

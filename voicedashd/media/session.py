@@ -18,12 +18,13 @@ import trio
 from ..config import MediaConfig
 from ..metrics import Metrics
 from ..sip.sdp import HOLD_ADDRESSES, Answer
+from .callrecord import PARTIAL_SUFFIX, StereoMixer
 from .codecs import Codec, open_codec
 from .dtmf import DtmfDigit
 from .g711 import Pcm
 from .jitter import JitterStats
 from .ports import RtpSockets
-from .record import WavRecorder
+from .record import SavedWav, WavRecorder
 from .resample import Resampler
 from .rtp import InboundStats, InboundStream, MalformedRtp, RtpPacket, parse_rtp
 from .sender import MediaClock, RtpSender, SenderStats
@@ -66,23 +67,27 @@ class PcmFrame:
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     """How a session behaves: media timeout, jitter buffer, PCM rate, strict RTP's silence
-    before a new source may be learnt, optional recording."""
+    before a new source may be learnt, optional recordings: record_to the inbound debugging
+    file ([media] record_dir), call_record_to the tenant's stereo call recording."""
 
     timeout: float = 30.0
     jitter: float = 0.06
     rate: int = PIPELINE_RATE
     relearn_after: float = 5.0
     record_to: Path | None = None
+    call_record_to: Path | None = None
 
 
-def session_settings(config: MediaConfig, call_id: str) -> SessionSettings:
+def session_settings(config: MediaConfig, call_id: str, *,
+                     call_record_to: Path | None = None) -> SessionSettings:
     """Settings for one call from [media]; the recording is named by start time and call."""
     record_to = None
     if config.record_dir is not None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         record_to = config.record_dir / f"{stamp}-{call_id}.wav"
     return SessionSettings(timeout=config.timeout, jitter=config.jitter_buffer,
-                           relearn_after=config.relearn_after, record_to=record_to)
+                           relearn_after=config.relearn_after, record_to=record_to,
+                           call_record_to=call_record_to)
 
 
 @dataclass(slots=True)
@@ -170,6 +175,15 @@ class MediaSession:
         self._apply(first)
         self.recorder = (None if settings.record_to is None else
                          WavRecorder(settings.record_to, self.rate, call_id=call_id))
+        # The tenant's call recording: both directions, aligned on the clock's ticks.
+        self.call_recorder: WavRecorder | None = None
+        self._mixer: StereoMixer | None = None
+        if settings.call_record_to is not None:
+            final = settings.call_record_to
+            self.call_recorder = WavRecorder(final.with_name(final.name + PARTIAL_SUFFIX),
+                                             self.rate, call_id=call_id, channels=2,
+                                             publish_as=final)
+            self._mixer = StereoMixer(self.rate)
         # Our own handles on the sockets, for non-blocking reads and sends made from the
         # clock's tick without a trip through the scheduler (the port pool owns the
         # originals). Made by the first tick that needs one: a call hung up at once needs none.
@@ -191,10 +205,12 @@ class MediaSession:
         # then the session ends, then the recorder finishes its file. The sockets belong to the
         # port pool, which closes them when the call releases its ports.
         async with AsyncExitStack() as stack:
-            if self.recorder is not None:
-                # A nursery only for the recorder's task: a call that records nothing needs none.
+            recorders = [r for r in (self.recorder, self.call_recorder) if r is not None]
+            if recorders:
+                # A nursery only for the recorders' tasks: a call that records nothing needs none.
                 nursery = await stack.enter_async_context(trio.open_nursery())
-                nursery.start_soon(self.recorder.run)
+                for recorder in recorders:
+                    nursery.start_soon(recorder.run)
             stack.callback(self._end)
             stack.enter_context(self._scope)
             now = trio.current_time()
@@ -228,6 +244,8 @@ class MediaSession:
         self._send_frames.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self.call_recorder is not None:
+            self.call_recorder.close()
         log.info("media_session_ended", call_id=self.call_id, port=self._sockets.port,
                  timed_out=self.timed_out, failed=self.error is not None, **self.stats.as_log())
 
@@ -241,12 +259,26 @@ class MediaSession:
             return  # barged in while waiting: this chunk belongs to the dropped speech
         samples = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes) else pcm
         self._sender.queue(self._codec.encode(self._encoder.process(samples, last=last)))
+        if self._mixer is not None:
+            self._mixer.outbound(samples)
 
     def flush(self) -> None:
         """Drop all queued outbound speech now (barge-in); comfort silence follows."""
         self._flushes += 1
         self._sender.flush()
         self._encoder.reset()
+        if self._mixer is not None:
+            self._mixer.flush_outbound()
+
+    @property
+    def records_call(self) -> bool:
+        """Whether the call is being recorded for its tenant (the caller must be told)."""
+        return self.call_recorder is not None
+
+    @property
+    def call_recording(self) -> SavedWav | None:
+        """The tenant's completed recording, once the session has ended and saved it."""
+        return self.call_recorder.saved if self.call_recorder is not None else None
 
     @property
     def queued(self) -> float:
@@ -300,6 +332,16 @@ class MediaSession:
 
     def send_tick(self) -> None:
         """Send this tick's packet: queued speech or comfort silence (nothing while held)."""
+        sent_audio = self._sender.stats.audio
+        try:
+            self._send()
+        finally:
+            if self._mixer is not None and self.call_recorder is not None:
+                bot_sent = self._sender.stats.audio != sent_audio
+                self.call_recorder.write(self._mixer.tick(bot_sent=bot_sent,
+                                                          queued=self._sender.queued))
+
+    def _send(self) -> None:
         self._refresh()
         if self._sender.paused:
             self._sender.skip(1)
@@ -338,6 +380,8 @@ class MediaSession:
         """The clock stalled past catching up: the timestamp moves on with the clock."""
         self._sender.skip(ticks)
         self._sender.stats.skipped += ticks
+        if self._mixer is not None and self.call_recorder is not None:
+            self.call_recorder.write(self._mixer.silence(ticks))
 
     def fail(self, error: Exception) -> None:
         """A tick raised: the error ends this call (MediaFailed from it, in the call's task)."""
@@ -408,6 +452,8 @@ class MediaSession:
                 continue
             if self.recorder is not None:
                 self.recorder.write(pcm)
+            if self._mixer is not None:
+                self._mixer.inbound(pcm)
             try:
                 self._send_frames.send_nowait(PcmFrame(pcm, self.rate))
             except (trio.WouldBlock, trio.BrokenResourceError):

@@ -28,6 +28,7 @@ import trio
 import trio_asyncio
 
 from ..bus import EventBus
+from ..config import DEFAULT_RECORD_NOTICE
 from ..events import CallInfo, Speaker, SttTranscript, TtsCompleted, TtsStarted
 from ..livecfg import LiveConfig
 from ..media.session import MediaSession
@@ -247,6 +248,10 @@ class Voicebot:
         from .pipeline import CallHooks, run_pipeline
 
         config = self.live.current.voicebot
+        # A recorded call's caller is told first (tenants.record_notice).
+        tenant = self.live.current.tenant_named(call.tenant)
+        notice = (tenant.record_notice if tenant is not None else DEFAULT_RECORD_NOTICE
+                  ) if session.records_call else ""
         out_send, out_receive = trio.open_memory_channel[Any](OUTBOX_CHUNKS)
         event_send, event_receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](
             EVENT_QUEUE)
@@ -273,7 +278,8 @@ class Voicebot:
                             media.start_soon(_ask, prompts, said)
                         try:
                             await trio_asyncio.aio_as_trio(
-                                run_pipeline, loop=self.loop)(call, config, self.models, hooks)
+                                run_pipeline, loop=self.loop)(call, config, self.models, hooks,
+                                                              notice)
                         except Exception as exc:  # raised inside it, or it could not be built
                             failure = exc
                         # Cancelled while the pipeline ran? Pipecat returned anyway: stop here.

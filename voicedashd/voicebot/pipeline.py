@@ -172,8 +172,9 @@ def render(template: str, call: CallInfo) -> str:
 
 
 def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
-                   hooks: CallHooks) -> Pipeline:
-    """The processors of one call, in order: RTP in, VAD, STT, plugins, answer, TTS, RTP out."""
+                   hooks: CallHooks, *, notice: str = "") -> Pipeline:
+    """The processors of one call, in order: RTP in, VAD, STT, plugins, answer, TTS, RTP out;
+    notice (a recorded call's) is said before the greeting."""
     chosen: VoicebotOverride = config.for_call(call.tenant, call.callee_extension)
     knowledge = models.knowledge.get(chosen.knowledge) or KnowledgeBase(())
     turns = TurnClock()
@@ -191,7 +192,8 @@ def build_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
                         farewell=render(chosen.farewell or "", call),
                         system_prompt=render(chosen.system_prompt or "", call),
                         transfer=render(chosen.transfer_line or "", call),
-                        transfer_failed=render(chosen.transfer_failed_line or "", call)),
+                        transfer_failed=render(chosen.transfer_failed_line or "", call),
+                        notice=render(notice, call)),
         policy=AnswerPolicy(top_k=config.top_k, sentences=config.answer_sentences,
                             use_llm=config.llm.engine != "none", barge_in=config.barge_in),
         conversation=conversation, turns=turns, observe=hooks.observe, prompts=hooks.prompts)
@@ -275,7 +277,7 @@ def _fields(**values: Any) -> dict[str, Any]:
 
 
 async def run_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
-                       hooks: CallHooks) -> None:
+                       hooks: CallHooks, notice: str = "") -> None:
     """Run one call's pipeline to its end (asyncio side); raise the error that failed it.
 
     An exception inside a processor reaches the worker as an ErrorFrame carrying it, and a
@@ -285,7 +287,7 @@ async def run_pipeline(call: CallInfo, config: VoicebotConfig, models: Models,
     pipeline and returns normally; the caller (the bridge) tells that case apart.
     """
     worker = PipelineWorker(
-        build_pipeline(call, config, models, hooks),
+        build_pipeline(call, config, models, hooks, notice=notice),
         name=f"call-{call.call_id}",
         params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE,
                               audio_out_sample_rate=SAMPLE_RATE),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ class Wording:
     system_prompt: str
     transfer: str = ""
     transfer_failed: str = ""
+    notice: str = ""  # a recording tenant's record_notice: said first, never interrupted
 
     def line(self, line: Line) -> str:
         """The text of a line the call task asks for."""
@@ -84,12 +87,15 @@ class Responder(FrameProcessor):
         self._hanging_up = False
         self._prompts = prompts
         self._prompt_reader: Any = None
+        self._notice_until = 0.0  # monotonic time the notice has played (inf: not yet queued)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Route one frame: transcripts are answered here, the rest passes on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
+            if self._wording.notice:
+                await self._say_notice()
             await self._say(self._wording.greeting)
             if self._prompts is not None and self._prompt_reader is None:
                 self._prompt_reader = self.create_task(self._read_prompts(), "prompts")
@@ -131,7 +137,19 @@ class Responder(FrameProcessor):
         if prompt.played is not None:  # follows the words through TTS to the output
             await self.push_frame(PlayedMarkFrame(played=prompt.played))
 
+    async def _say_notice(self) -> None:
+        """Say the recording notice; words from the caller do not cut it short."""
+        self._notice_until = math.inf
+
+        def played(queued: float) -> None:
+            self._notice_until = time.monotonic() + queued
+
+        await self._say(self._wording.notice)
+        await self.push_frame(PlayedMarkFrame(played=played))
+
     async def _barge_in(self) -> None:
+        if time.monotonic() < self._notice_until:
+            return  # the caller is told the call is recorded, whatever they say meanwhile
         if self._policy.barge_in and self._bot_speaking and not self._hanging_up:
             await self.broadcast_interruption()
 

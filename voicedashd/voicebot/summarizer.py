@@ -117,8 +117,11 @@ class Summarizer:
 
         voicebot = self._live.current.voicebot
         chosen = voicebot.for_call(info.tenant, info.callee_extension)
+        # A recorded call's notice is scripted too: it comes before the greeting.
+        tenant = self._live.current.tenant_named(info.tenant)
+        greeting = f"{tenant.record_notice} {chosen.greeting or ''}" if tenant else chosen.greeting
         wording = Wording(*(render(text or "", info) for text in
-                            (chosen.greeting, chosen.fallback, chosen.farewell)))
+                            (greeting, chosen.fallback, chosen.farewell)))
         # Rules over a long call's transcript are a few milliseconds: kept off the loop anyway.
         card = await trio.to_thread.run_sync(offline_card, lines, wording)
         if voicebot.llm.engine == "none":

@@ -90,6 +90,7 @@ function callFrom(source, callId) {
     endReason: source.end_reason ?? null,
     duration: source.duration ?? null,
     summary: source.summary ?? null,
+    recording: source.recording ?? null,
   };
 }
 
@@ -509,6 +510,74 @@ class Hub {
   }
 }
 
+// -- a finished call's recording (recording tenants only) ----------------------------------
+
+/**
+ * The audio player of a finished, recorded call. `<audio src>` cannot send the bearer token,
+ * so the file is fetched with the session's token into a Blob and played from an object URL
+ * (the page's CSP allows blob: media); no token ever goes into a URL.
+ */
+class RecordingPlayer {
+  #session;
+  #callId = null;
+  #url = null;
+  #load = 0;
+
+  constructor(session) {
+    this.#session = session;
+    this.section = $("call-recording");
+    this.audio = $("recording-audio");
+    this.status = $("recording-status");
+  }
+
+  /** Show the call's recording ({url, duration, bytes}), or nothing when it has none. */
+  async show(callId, recording) {
+    if (!recording) {
+      this.hide();
+      return;
+    }
+    if (this.#callId === callId) return;
+    this.hide();
+    this.#callId = callId;
+    const load = this.#load;
+    this.section.hidden = false;
+    this.#say(`Loading the recording (${clock(recording.duration * 1000)})…`);
+    let blob;
+    try {
+      const answer = await this.#session.fetch(recording.url);
+      if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+      blob = await answer.blob();
+    } catch (error) {
+      if (load === this.#load && !(error instanceof SessionEnded)) {
+        this.#say("The recording could not be loaded.", "failed");
+      }
+      return;
+    }
+    if (load !== this.#load) return;   // another call was opened meanwhile
+    this.#url = URL.createObjectURL(blob);
+    this.audio.src = this.#url;
+    this.#say("");
+  }
+
+  /** Stop, and let the audio go. */
+  hide() {
+    this.#load += 1;
+    this.#callId = null;
+    this.audio.pause();
+    this.audio.removeAttribute("src");
+    this.audio.load();
+    if (this.#url !== null) URL.revokeObjectURL(this.#url);
+    this.#url = null;
+    this.section.hidden = true;
+    this.#say("");
+  }
+
+  #say(text, kind = "") {
+    this.status.textContent = text;
+    this.status.className = `recording-status ${kind}`;
+  }
+}
+
 // -- one call's conversation ----------------------------------------------------------------
 
 class Transcript {
@@ -802,6 +871,7 @@ class Dashboard {
     this.notifier = new Notifier({ toggle: $("notify-toggle"), state: $("notify-state"),
       sound: $("notify-sound"), soundBox: $("notify-sound-box") },
     (id) => this.#openNotified(id), (id) => this.view?.id === id);
+    this.player = new RecordingPlayer(this.session);
     this.active = new Map();        // call id -> call
     this.addedAt = new Map();       // call id -> when a call_started added it (performance.now)
     this.ended = new Set();         // ids of calls seen ending, so a stale list cannot revive them
@@ -938,6 +1008,7 @@ class Dashboard {
     this.view = null;
     this.inbox.stop();
     this.transcript.reset();
+    this.player.hide();
     $("active-list").replaceChildren();
     $("history-list").replaceChildren();
     $("call-view").hidden = true;
@@ -1193,6 +1264,7 @@ class Dashboard {
     this.hub.unsubscribe(view.id);
     this.view = null;
     this.transcript.reset();
+    this.player.hide();
     this.#takeState("hidden");
     this.inbox.show(null);
     $("call-view").hidden = true;
@@ -1224,6 +1296,7 @@ class Dashboard {
     }
     if (call.ai) meta.append(" ", el("span", { class: "badge ai", text: "AI-handled" }));
     this.#renderCard();
+    this.player.show(this.view.id, ended ? call.recording : null);
   }
 
   /** The message card at the top of the call, once the call has one. */
@@ -1281,6 +1354,10 @@ class Dashboard {
         break;
       case "dtmf":
         this.transcript.system(`Caller pressed ${data.digit}`, event.seq);
+        break;
+      case "call_recording":   // complete just before call_ended: the player shows then
+        view.call = { ...view.call, recording: { url: `/api/calls/${encodeURIComponent(id)}/recording`,
+          duration: data.duration, bytes: data.bytes } };
         break;
       case "transfer_started":
         this.transcript.system(`Transfer to ${view.call.extension} asked for`, event.seq);
