@@ -221,6 +221,15 @@ async def read_transcript(store: Store, bus: EventBus, call_id: str) -> list[Tra
     return [entry for entry in entries if entry is not None]
 
 
+async def calls_without_card(store: Store, ended_since: datetime, limit: int) -> list[str]:
+    """AI-handled calls that ended since ended_since with no message card, newest first."""
+    rows = await store.call_rows(
+        "SELECT call_id FROM calls WHERE is_ai_handled = 1 AND summary IS NULL"
+        " AND ended_at IS NOT NULL AND ended_at >= ? ORDER BY ended_at DESC LIMIT ?",
+        (ended_since.astimezone(UTC).isoformat(), limit))
+    return [row["call_id"] for row in rows]
+
+
 async def recording_file(store: Store, call_id: str) -> str | None:
     """The file (relative to [recordings] dir) of an ended call's completed recording."""
     rows = await store.call_rows("SELECT recording FROM calls WHERE call_id = ?"

@@ -41,8 +41,9 @@ async def test_a_call_cut_by_kill_9_is_closed_alike_in_history_transcript_and_hu
     """A caller keeps pressing keys (a dtmf event every 0.4 s); the daemon is killed just over
     LOSS_BOUND after the hub showed the fourth. After a restart on the same store the call is
     `interrupted` in history, ended at its last stored event; every event published more than
-    LOSS_BOUND before the kill is stored, and the stored stream ends with call_ended, which a
-    hub client resuming from the last seq it saw before the kill receives."""
+    LOSS_BOUND before the kill is stored, and the stored stream ends with call_ended and then
+    the call's message card, made at start, which a hub client resuming from the last seq it
+    saw before the kill receives."""
     alice = User("1001")
     config = make_config(tmp_path, users=[alice])
     config.write()
@@ -81,6 +82,9 @@ async def test_a_call_cut_by_kill_9_is_closed_alike_in_history_transcript_and_hu
                 base_url=config.api_url) as http:
             closed = await daemon.wait_for_log("store_unfinished_calls_closed")
             assert closed["count"] == 1
+            # The call the kill cut short gets its message card at start, after its end.
+            caught_up = await daemon.wait_for_log("call_summaries_caught_up", timeout=30)
+            assert caught_up["count"] == 1
             token = await token_for(http, alice)
             alice_sees = Session(http, token)
             [call] = (await alice_sees.history())["calls"]
@@ -91,7 +95,10 @@ async def test_a_call_cut_by_kill_9_is_closed_alike_in_history_transcript_and_hu
                 resumed = await hub.subscribe(call_id, since_seq=last_seen)
 
     stored = everything.events
-    *before, ended = stored
+    *before, ended, card = stored
+    assert (card["event"], card["seq"]) == ("call_summary", ended["seq"] + 1), stored
+    assert call["summary"] == {key: card["data"][key] for key in call["summary"]}
+    assert call["summary"]["handled_by"] == "message_taken"  # keys pressed, nothing said
     assert (ended["event"], ended["data"]["reason"]) == ("call_ended", "interrupted"), stored
     assert ended["seq"] > last_seen
     assert ended["ts"] == before[-1]["ts"]  # the time of the last stored event
@@ -112,4 +119,4 @@ async def test_a_call_cut_by_kill_9_is_closed_alike_in_history_transcript_and_hu
     assert transcript.status_code == 200
     assert transcript.json()["ended"] is True
 
-    assert resumed.events == [ended]
+    assert resumed.events == [ended, card]

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,13 @@ from voicedashd.events import (
     TtsStarted,
     call_started_fields,
     event_from_record,
+    utc_now,
 )
 from voicedashd.hub.router import Router
 from voicedashd.livecfg import LiveConfig
 from voicedashd.metrics import Metrics
 from voicedashd.store import MIGRATIONS, Store, open_store
-from voicedashd.voicebot.summarizer import Summarizer, serve_summaries
+from voicedashd.voicebot.summarizer import CATCH_UP_WINDOW, Summarizer, serve_summaries
 
 BASE = MINIMAL
 ENV = {"VOICEDASHD_JWT_SECRET": "s" * 48}
@@ -164,6 +165,35 @@ async def test_calls_not_handled_by_the_bot_get_no_card(tmp_path: Path, store: S
     with trio.fail_after(1):
         await summarizer.drain()    # nothing was queued
     assert not [e for e in bus.history("c1") if isinstance(e, CallSummarized)]
+
+
+async def test_calls_a_stopped_process_left_without_a_card_get_one_at_start(
+        tmp_path: Path, store: Store) -> None:
+    """The previous process (one bus) stored ended calls but made no cards; the next one (a
+    new bus) makes the missing card of each recent AI-handled call, once, as the next event."""
+    before = EventBus(store, Metrics())
+    play_call(before, info("c1"), MESSAGE)
+    play_call(before, info("c2", ai=False), MESSAGE)
+    play_call(before, info("c3"), MESSAGE)
+    before.emit(CallSummarized, "c3", **MessageCard(
+        caller_name=None, callback_number=None, callback_requested=False, reason="Made.",
+        handled_by=HandledBy.MESSAGE_TAKEN).wire())
+    await store.flush()
+    last_seq = before.history("c1")[-1].seq
+    summarizer = Summarizer(live_config(tmp_path), EventBus(store, Metrics()), store, {})
+    # Calls that ended longer ago than the window are left alone.
+    assert await summarizer.catch_up(utc_now() + CATCH_UP_WINDOW + timedelta(minutes=1)) == 0
+    assert await summarizer.catch_up(utc_now()) == 1
+    await store.flush()
+    stored = await callstore.get_call(store, "c1")
+    assert stored is not None and stored.card is not None
+    assert (stored.card.caller_name, stored.card.callback_number) == ("Maria", "5551234")
+    events = await callstore.events_since(store, EventBus(store, Metrics()), "c1")
+    assert [(e.name, e.seq) for e in events[-2:]] == [("call_ended", last_seq),
+                                                       ("call_summary", last_seq + 1)]
+    assert (await callstore.get_call(store, "c2")).card is None  # type: ignore[union-attr]
+    assert (await callstore.get_call(store, "c3")).card.reason == "Made."  # type: ignore[union-attr]
+    assert await summarizer.catch_up(utc_now()) == 0   # once only
 
 
 def test_the_card_is_printable() -> None:
