@@ -92,6 +92,7 @@ class EventBus:
             stream.started = event
         elif isinstance(event, CallEnded):
             stream.ended = event
+            self.metrics.calls_ended.labels(event.reason.value).inc()
         elif isinstance(event, CallSummarized):
             stream.summarized = event
         elif isinstance(event, CallRecorded):

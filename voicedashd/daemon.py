@@ -81,10 +81,11 @@ def _shown(value: object) -> object:
     return str(value)
 
 
-async def _close_interrupted_calls(store: Store) -> None:
+async def _close_interrupted_calls(store: Store, metrics: Metrics) -> None:
     """Close in history the calls a killed process (kill -9, power loss) left without an end."""
     closed = await store.mark_unfinished_calls(INTERRUPTED)
     if closed:
+        metrics.calls_ended.labels(INTERRUPTED).inc(closed)
         log.warning("store_unfinished_calls_closed", count=closed, end_reason=INTERRUPTED)
 
 
@@ -100,7 +101,7 @@ async def serve(config: Config, *, environ: Mapping[str, str] | None = None,
     with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
         outbox = WebhookOutbox(lambda: live.current.webhooks, metrics)
         async with notifier, open_store(config.store.path, metrics, outbox) as store:
-            await _close_interrupted_calls(store)
+            await _close_interrupted_calls(store, metrics)
             readiness.probes["store"] = store.check
             readiness.mark_up("store")
             http_shutdown = trio.Event()

@@ -75,6 +75,11 @@ class Metrics:
         self.events_published = Counter(
             "voicedashd_events_published", "Call events published, by event name",
             ["event"], registry=r)
+        self.calls_ended = Counter(
+            "voicedashd_calls_ended",
+            "Calls ended, by reason (call_ended's: caller_hangup, bot_hangup, transferred, "
+            "media_timeout, error, shutdown, …; interrupted: closed at start after a crash)",
+            ["reason"], registry=r)
         self.store_write_seconds = Histogram(
             "voicedashd_store_write_seconds", "Latency of one batched store write",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

@@ -85,6 +85,8 @@ async def test_a_call_cut_by_kill_9_is_closed_alike_in_history_transcript_and_hu
             # The call the kill cut short gets its message card at start, after its end.
             caught_up = await daemon.wait_for_log("call_summaries_caught_up", timeout=30)
             assert caught_up["count"] == 1
+            metrics = (await http.get("/metrics")).text
+            assert 'voicedashd_calls_ended_total{reason="interrupted"} 1.0' in metrics
             token = await token_for(http, alice)
             alice_sees = Session(http, token)
             [call] = (await alice_sees.history())["calls"]

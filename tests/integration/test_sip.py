@@ -41,6 +41,7 @@ async def test_500_calls_at_50_per_second_all_succeed(tmp_path: Path) -> None:
             metrics = (await http.get("/metrics")).text
         assert 'voicedashd_sip_requests_total{code="200",method="INVITE"} 500.0' in metrics
         assert "voicedashd_active_calls 0.0" in metrics
+        assert 'voicedashd_calls_ended_total{reason="caller_hangup"} 500.0' in metrics
 
 
 async def test_calls_over_tcp(tmp_path: Path) -> None:

@@ -97,6 +97,8 @@ async def test_the_owner_takes_the_call_the_pbx_accepts_and_it_ends_transferred(
                     first = await http.post(f"/api/calls/{call_id}/transfer")
                     second = await http.post(f"/api/calls/{call_id}/transfer")
                 await until(hub, events, call_id, "call_ended")
+                async with api(config, token) as http:
+                    metrics = (await http.get("/metrics")).text
     assert first.status_code == 202, first.text
     assert first.json() == {"call_id": call_id, "target": "sip:1001@127.0.0.1"}
     assert second.status_code == 409 and second.json()["error"] == "in_progress", second.text
@@ -108,6 +110,8 @@ async def test_the_owner_takes_the_call_the_pbx_accepts_and_it_ends_transferred(
     assert "transfer_failed" not in names
     assert events[-1]["event"] == "call_ended"
     assert events[-1]["data"]["reason"] == "transferred"
+    assert 'voicedashd_calls_ended_total{reason="transferred"} 1.0' in metrics
+    assert 'voicedashd_events_published_total{event="transfer_started"} 1.0' in metrics
     # sipp saw our REFER, had both NOTIFYs answered 200 and got our BYE.
     assert sipp and sipp[0].ok, sipp[0].errors if sipp else "sipp did not finish"
     [refer] = logged(daemon, "sip_refer_sent", call_id=call_id)
