@@ -17,8 +17,7 @@ from tests.integration.test_speech_corpus import (
     GREETING,
     Outcome,
     Sample,
-    media_slots,
-    place_call,
+    place_calls,
 )
 from tests.speech_corpus import DEFAULT_VOICES, KNOWLEDGE, make_clip
 
@@ -69,26 +68,12 @@ async def test_spoken_messages_and_questions_make_the_right_card(tmp_path: Path)
                    for voice, text, kind in jobs]
         outcomes = [Outcome(sample, extension=f"7{index:03d}")
                     for index, sample in enumerate(samples)]
-        slots = media_slots(config)
-        limiter = trio.CapacityLimiter(CONCURRENCY)
         async with run_daemon(config.path) as daemon, httpx.AsyncClient(
                 base_url=config.api_url) as http:
             login = await http.post("/api/auth/login", json={
                 "extension": admin.extension, "password": admin.password, "tenant": "acme"})
             token = login.json()["access_token"]
-
-            async def call(outcome: Outcome) -> None:
-                async with limiter:
-                    port = slots.pop()
-                    try:
-                        await place_call(config, daemon, outcome,
-                                         tmp_path / "calls" / outcome.extension, port)
-                    finally:
-                        slots.append(port)
-
-            async with trio.open_nursery() as nursery:
-                for outcome in outcomes:
-                    nursery.start_soon(call, outcome)
+            await place_calls(config, daemon, outcomes, tmp_path / "calls")
             cards = [await card_of(daemon, http, token, o) for o in outcomes]
 
             # Nobody else sees the card: the same 404 as for a call that does not exist.

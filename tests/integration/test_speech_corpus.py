@@ -191,6 +191,25 @@ async def place_call(config: DaemonConfig, daemon: RunningDaemon, outcome: Outco
         outcome.problems.append(f"no call_ended {CALL_END_WAIT:.0f} s after the call's BYE")
 
 
+async def place_calls(config: DaemonConfig, daemon: RunningDaemon, outcomes: list[Outcome],
+                      directory: Path) -> None:
+    """Every outcome's call, CONCURRENCY at a time, each on its own sipp media port."""
+    slots = media_slots(config)
+    limiter = trio.CapacityLimiter(CONCURRENCY)
+
+    async def call(outcome: Outcome) -> None:
+        async with limiter:
+            port = slots.pop()
+            try:
+                await place_call(config, daemon, outcome, directory / outcome.extension, port)
+            finally:
+                slots.append(port)
+
+    async with trio.open_nursery() as nursery:
+        for outcome in outcomes:
+            nursery.start_soon(call, outcome)
+
+
 def collect(daemon: RunningDaemon, outcome: Outcome) -> None:
     """The call's final transcripts, the first sentence the bot said after each, its end."""
     if outcome.call_id is None:
@@ -260,24 +279,10 @@ async def test_the_recogniser_hears_other_voices_over_the_phone(tmp_path: Path) 
         samples = await make_samples(tmp_path / "clips")
         outcomes = [Outcome(sample, extension=f"7{index:03d}")
                     for index, sample in enumerate(samples)]
-        slots = media_slots(config)
-        limiter = trio.CapacityLimiter(CONCURRENCY)
         async with run_daemon(config.path) as daemon:
             ready = await daemon.wait_for_log("voicebot_ready", timeout=5)
             engine = str(ready.get("stt"))
-
-            async def call(outcome: Outcome) -> None:
-                async with limiter:
-                    port = slots.pop()
-                    try:
-                        await place_call(config, daemon, outcome,
-                                         tmp_path / "calls" / outcome.extension, port)
-                    finally:
-                        slots.append(port)
-
-            async with trio.open_nursery() as nursery:
-                for outcome in outcomes:
-                    nursery.start_soon(call, outcome)
+            await place_calls(config, daemon, outcomes, tmp_path / "calls")
     for outcome in outcomes:
         collect(daemon, outcome)
     summary = report(outcomes, engine=engine, seconds=time.monotonic() - begun)
