@@ -22,6 +22,7 @@ from .events import (
     Dtmf,
     EndReason,
     TransferFailed,
+    TransferProgressed,
     TransferStarted,
     call_started_fields,
     utc_now,
@@ -369,6 +370,8 @@ class CallManager:
             elif isinstance(action, TransferProgress):
                 log.info("call_transfer_progress", call_id=call.id, status=action.status,
                          progress="realtime")
+                self.bus.emit(TransferProgressed, call.id, status=action.status,
+                              reason=action.reason)
             elif isinstance(action, TransferDone):
                 self._transfer_done(call, action)
             elif isinstance(action, Ended):

@@ -327,6 +327,15 @@ class TransferStarted(CallEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransferProgressed(CallEvent):
+    """The PBX reports on the transfer: it accepted the REFER (2xx) or is trying (1xx)."""
+
+    name: ClassVar[str] = "transfer_progress"
+    status: int
+    reason: str  # the PBX's phrase, e.g. "Accepted", "Trying", "Ringing"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferFailed(CallEvent):
     """The transfer did not happen (refused, failed, timed out): the bot carries on."""
 

@@ -110,6 +110,12 @@ async def test_the_owner_takes_the_call_the_pbx_accepts_and_it_ends_transferred(
     assert "transfer_failed" not in names
     assert events[-1]["event"] == "call_ended"
     assert events[-1]["data"]["reason"] == "transferred"
+    # The PBX's reports reach the hub: the REFER accepted and the NOTIFY's 100, in whichever
+    # order the two arrive (sipp sends the NOTIFY right after the 202).
+    progress = [(e["data"]["status"], e["data"]["reason"]) for e in events
+                if e["event"] == "transfer_progress"]
+    assert sorted(progress) == [(100, "Trying"), (202, "Accepted")], progress
+    assert names.index("transfer_started") < names.index("transfer_progress")
     assert 'voicedashd_calls_ended_total{reason="transferred"} 1.0' in metrics
     assert 'voicedashd_events_published_total{event="transfer_started"} 1.0' in metrics
     # sipp saw our REFER, had both NOTIFYs answered 200 and got our BYE.
@@ -155,6 +161,7 @@ async def test_a_refused_transfer_is_told_and_the_bot_carries_on(
     assert failed["data"] == {"reason": "REFER refused: 603 Decline", "status": 603}
     names = [e["event"] for e in events]
     assert names.index("transfer_failed") < names.index("call_ended")
+    assert "transfer_progress" not in names  # refused at once: nothing in between
     assert events[-1]["data"]["reason"] == "caller_hangup"  # sipp hung up; the bot never did
     started = [e["data"] for e in events if e["event"] == "transfer_started"]
     assert started[0] == {"target": "sip:1001@127.0.0.1", "requested_by": "9000"}
@@ -233,17 +240,31 @@ async def test_the_page_takes_a_call_and_says_how_it_went(
                 second = await _active_call(browser, other_than=call_id)
                 await open_call(browser, second)
                 await browser.until(take_ready, what="the Take this call button")
+                # Every text the status shows, however briefly (NOTIFY 100 and 200 come at once).
+                await browser.js(
+                    "window.takeTexts = [];"
+                    "const s = document.getElementById('take-status');"
+                    "new MutationObserver(() => window.takeTexts.push(s.textContent))"
+                    ".observe(s, {childList: true, characterData: true, subtree: true});")
                 await browser.click("#call-take")
                 ended = await browser.until(
                     "const s = document.getElementById('call-status').textContent;"
                     "return s.startsWith('Call ended') && s;", timeout=60, what="call ended")
                 put_through = await browser.text("#take-status")
+                shown = await browser.js("return window.takeTexts")
                 await browser.screenshot("transfer-done")
             assert sipp[1].ok, sipp[1].errors
             await assert_clean_console(browser)
     assert refused == "The transfer failed (REFER refused: 603 Decline). The bot carries on."
     assert ended.endswith(": it was put through to the extension."), ended
     assert put_through == "The call was put through."
+    # The PBX's reports on the way: the REFER accepted (202) and NOTIFY 100 Trying.
+    asking, started, *middle, last = dict.fromkeys(shown)
+    assert (asking, started, last) == ("Asking the phone system to put the call through…",
+                                       "Putting the call through to 1001…",
+                                       "The call was put through."), shown
+    assert sorted(middle) == ["The phone system accepted the transfer to 1001…",
+                              "The phone system is putting the call through to 1001…"], shown
 
 
 async def _active_call(browser: Any, other_than: str | None = None) -> str:

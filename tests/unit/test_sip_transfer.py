@@ -75,10 +75,11 @@ def test_accepted_then_100_then_200_transfers_and_says_bye() -> None:
     dialog = confirmed()
     request = refer(dialog)
     assert dialog.transferring
-    assert dialog.refer_answered(answer(request, 202, "Accepted"), 1.1) == [TransferProgress(202)]
+    assert dialog.refer_answered(answer(request, 202, "Accepted"), 1.1) == [
+        TransferProgress(202, "Accepted")]
     trying = dialog.receive(notify(dialog, 2, "100 Trying"), 1.2)
     assert [a.response.status for a in trying if isinstance(a, Respond)] == [200]
-    assert TransferProgress(100) in trying
+    assert TransferProgress(100, "Trying") in trying
     done = dialog.receive(notify(dialog, 3, "200 OK", state="terminated;reason=noresource"), 2.0)
     assert isinstance(done[0], Respond) and done[0].response.status == 200
     assert done[1] == TransferDone(True, "200 OK", 200)
@@ -91,8 +92,9 @@ def test_accepted_then_100_then_200_transfers_and_says_bye() -> None:
 def test_a_notify_may_overtake_the_202() -> None:
     dialog = confirmed()
     request = refer(dialog)
-    assert TransferProgress(100) in dialog.receive(notify(dialog, 2, "100 Trying"), 1.05)
-    assert dialog.refer_answered(answer(request, 202, "Accepted"), 1.1) == [TransferProgress(202)]
+    assert TransferProgress(100, "Trying") in dialog.receive(notify(dialog, 2, "100 Trying"), 1.05)
+    assert dialog.refer_answered(answer(request, 202, "Accepted"), 1.1) == [
+        TransferProgress(202, "Accepted")]
 
 
 def test_a_refused_refer_fails_and_the_call_goes_on() -> None:

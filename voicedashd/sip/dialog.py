@@ -216,6 +216,7 @@ class TransferProgress:
     """Our REFER moves on: the PBX accepted it (2xx) or reports a provisional status (1xx)."""
 
     status: int
+    reason: str  # the status line's phrase, as the PBX wrote it
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +378,7 @@ class Dialog:
         if response is None:
             return self._transfer_failed("no answer to REFER")
         if response.status < 300:
-            return [TransferProgress(response.status)]
+            return [TransferProgress(response.status, response.reason)]
         return self._transfer_failed(f"REFER refused: {response.status} {response.reason}",
                                      response.status)
 
@@ -504,7 +505,7 @@ class Dialog:
             return [ok, *self._transfer_failed(f"{frag[0]} {frag[1]}", frag[0])]
         if terminated:
             return [ok, *self._transfer_failed("subscription ended without a final status")]
-        return [ok, TransferProgress(frag[0])] if frag is not None else [ok]
+        return [ok, TransferProgress(*frag)] if frag is not None else [ok]
 
     def _transfer_failed(self, reason: str, status: int | None = None) -> list[Action]:
         self._clear_transfer()

@@ -103,6 +103,13 @@ function callerLabel(call) {
   return call.name || call.number || "Unknown caller";
 }
 
+/** What the Take this call status says while the PBX reports on the transfer. */
+function transferProgressText(progress, extension) {
+  if (progress.status === 180 || progress.status === 183) return `Ringing ${extension}…`;
+  if (progress.status >= 200) return `The phone system accepted the transfer to ${extension}…`;
+  return `The phone system is putting the call through to ${extension}…`;
+}
+
 // -- the session: tokens, refresh, authenticated requests -----------------------------------
 
 class SessionEnded extends Error {}
@@ -1362,6 +1369,9 @@ class Dashboard {
       case "transfer_started":
         this.transcript.system(`Transfer to ${view.call.extension} asked for`, event.seq);
         this.#takeState("moving", `Putting the call through to ${view.call.extension}…`);
+        break;
+      case "transfer_progress":   // the PBX accepted the REFER, is trying, is ringing
+        this.#takeState("moving", transferProgressText(data, view.call.extension));
         break;
       case "transfer_failed":
         this.transcript.system(`The transfer failed: ${data.reason}`, event.seq);
