@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import stat
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -404,10 +404,10 @@ async def recording(user: AuthUser, call_id: str) -> object:
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    if not os.path.isfile(path):
+    found = path.stat()
+    if not stat.S_ISREG(found.st_mode):
         raise OSError(f"{path} is not a file")
-    return stat.st_size, stat.st_mtime_ns
+    return found.st_size, found.st_mtime_ns
 
 
 async def _read(path: Path, part: ByteRange) -> AsyncIterator[bytes]:
